@@ -60,15 +60,21 @@ def export_hf(
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(out)
 
 
-def save_worker(worker: "LearnerWorker", directory: str, tokenizer_path: str) -> None:
-    """Collective: every rank writes its optimizer shards; rank 0 writes the HF weights."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
+def _trained_models(worker: "LearnerWorker") -> list[tuple]:
+    """(name, model, optimizer, scheduler, optimizer dir) for every model the worker trains."""
     models = [("policy", worker.policy, worker.optimizer, worker.scheduler, "optimizer")]
     if worker.use_critic:
         models.append(
             ("critic", worker.critic, worker.critic_optimizer, worker.critic_scheduler, "critic_optimizer")
         )
+    return models
+
+
+def save_worker(worker: "LearnerWorker", directory: str, tokenizer_path: str) -> None:
+    """Collective: every rank writes its optimizer shards; rank 0 writes the HF weights."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    models = _trained_models(worker)
     for name, model, optimizer, _, optim_dir in models:
         full = worker.full_state_dict(name)
         if worker.rank == 0:
@@ -109,11 +115,7 @@ def load_worker(worker: "LearnerWorker", directory: str) -> None:
 
     with open(os.path.join(directory, "learner.json")) as f:
         learner_state = json.load(f)
-    models = [("policy", worker.policy, worker.optimizer, worker.scheduler, "optimizer")]
-    if worker.use_critic:
-        models.append(
-            ("critic", worker.critic, worker.critic_optimizer, worker.critic_scheduler, "critic_optimizer")
-        )
+    models = _trained_models(worker)
     for name, model, optimizer, scheduler, optim_dir in models:
         full = load_file(os.path.join(directory, name, "model.safetensors"))
         if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in full:

@@ -9,8 +9,8 @@ all ranks call it together, and each rank runs the same number of forward/backwa
 from __future__ import annotations
 
 import math
-import os
 import socket
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -21,6 +21,10 @@ from learners import losses
 from learners.batching import MicroBatch, Samples, at_positions, collate, pack_by_tokens, unpad
 from learners.models import load_critic, load_policy, resolve_dtype, shard
 from pipeline.config import RayppoConfig
+
+# HF token-classification heads return a view; nothing here modifies model outputs in place,
+# which is the only case FSDP2's warning is about.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 def free_address() -> tuple[str, int]:

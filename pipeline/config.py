@@ -197,6 +197,9 @@ class RewardConfig:
     function: str = "builtin"
     """``builtin`` (the task's verifier) or an import path ``package.module:function`` called
     as ``fn(prompt: str, completion: str, answer) -> float``."""
+    eval_function: Optional[str] = None
+    """Scores held-out completions (``eval/accuracy``); ``None`` = same as ``function``. Lets
+    training use a shaped reward while evaluation stays exact-match."""
 
 
 @dataclass

@@ -263,13 +263,12 @@ def _validate(cfg: RayppoConfig) -> None:
         )
     if not cfg.resources.dashboard_host.strip():
         errors.append("resources.dashboard_host: must be a non-empty string")
-    fn = cfg.reward.function
-    if fn != "builtin":
+    for name, fn in (("reward.function", cfg.reward.function), ("reward.eval_function", cfg.reward.eval_function)):
+        if fn is None or fn == "builtin":
+            continue
         module, _, attr = fn.partition(":")
         if not module.strip() or not attr.strip():
-            errors.append(
-                f"reward.function: must be 'builtin' or 'package.module:function', got {fn!r}"
-            )
+            errors.append(f"{name}: must be 'builtin' or 'package.module:function', got {fn!r}")
 
     if len(errors) == 1:
         raise ValueError(errors[0])

@@ -31,6 +31,11 @@ class Trainer:
         if problem:
             raise ValueError(f"model.path: {problem}")
         self.reward_fn = rewards.resolve_reward_fn(cfg.reward.function, cfg.data.task)
+        self.eval_fn = (
+            rewards.resolve_reward_fn(cfg.reward.eval_function, cfg.data.task)
+            if cfg.reward.eval_function
+            else self.reward_fn
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(
             cfg.model.path, trust_remote_code=cfg.model.trust_remote_code
         )
@@ -129,11 +134,11 @@ class Trainer:
         rc = self.cfg.rollout
         return sync(self.learners, self.rollouts, self.probe, rc.probe_tolerance, self.version, check)
 
-    def _score(self, rollout: RolloutBatch, rows: list) -> tuple[np.ndarray, dict[str, float]]:
+    def _score(self, rollout: RolloutBatch, rows: list, fn=None) -> tuple[np.ndarray, dict[str, float]]:
         prompts = [rows[i].prompt_text for i in rollout.prompt_index]
         answers = [rows[i].answer for i in rollout.prompt_index]
         completions = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        scores, unscorable = rewards.score_completions(self.reward_fn, prompts, completions, answers)
+        scores, unscorable = rewards.score_completions(fn or self.reward_fn, prompts, completions, answers)
         finite = scores[np.isfinite(scores)]
         lengths = [len(r) for r in rollout.response_ids]
         return scores, {
@@ -150,7 +155,7 @@ class Trainer:
         with self.timers.phase("eval"):
             sampling = Sampling(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
             rollout = self.rollouts.generate(self.eval_ids, sampling, step=0)
-            scores, _ = self._score(rollout, self.eval_rows)
+            scores, _ = self._score(rollout, self.eval_rows, self.eval_fn)
         finite = scores[np.isfinite(scores)]
         accuracy = float(finite.mean()) if finite.size else float("nan")
         return {"eval/accuracy": accuracy, **self.timers.pop()}

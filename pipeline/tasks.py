@@ -167,6 +167,25 @@ def _verify_arithmetic(completion: str, answer: str) -> float:
     return 1.0
 
 
+def arithmetic_digit_credit(prompt: str, completion: str, answer: str) -> float:
+    """Shaped arithmetic reward: 1.0 when exact, else up to 0.5 for digits right in place.
+
+    Digits are compared aligned from the right (units with units), over the longer of the two
+    numbers, so "85" for 86 earns 0.25 and "185" for 86 earns 0.5 * 1/3. Exact answers always
+    score strictly more than any near miss. A denser signal than exact match: each sample says
+    which digits were right, which lets small models learn carries from far fewer samples.
+    """
+    if _verify_arithmetic(completion, answer) == 1.0:
+        return 1.0
+    match = re.match(r"\s*-?\d+", completion)
+    if match is None:
+        return 0.0
+    predicted, expected = match.group().strip(), answer.strip()
+    width = max(len(predicted), len(expected))
+    same = sum(a == b for a, b in zip(reversed(predicted), reversed(expected)))
+    return 0.5 * same / width
+
+
 class _Rejected(Exception):
     """The completion uses syntax outside the countdown grammar."""
 

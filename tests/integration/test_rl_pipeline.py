@@ -41,7 +41,10 @@ def weights_changed(model_dir: str, exported_dir: str) -> float:
 
 @pytest.mark.parametrize("advantage", ["gae", "grpo"])
 def test_two_rl_steps_update_weights(tiny_model, ray_session, tmp_path, advantage, tiny_config):
-    cfg = tiny_config(tiny_model, str(tmp_path), f"algorithm.advantage={advantage}")
+    # A random model never solves the task; a reward that varies gives the update a signal, and
+    # its failures exercise the unscorable path (counted, excluded, no crash).
+    reward = "tests.integration.reward_fns:flaky_digit_fraction"
+    cfg = tiny_config(tiny_model, str(tmp_path), f"algorithm.advantage={advantage}", f"reward.function={reward}")
     last = run(cfg)
     assert weights_changed(tiny_model, str(tmp_path / "policy")) > 0
     metrics = read_metrics(tmp_path)
@@ -55,14 +58,18 @@ def test_two_rl_steps_update_weights(tiny_model, ray_session, tmp_path, advantag
         if advantage == "gae":
             assert np.isfinite(row["critic/vf_loss"]) and row["critic/grad_norm"] > 0
         assert 0.0 <= row["reward/mean"] <= 1.0
-    assert "eval/accuracy" in last
+        assert row["reward/unscorable"] >= 1  # every third call raises, every fifth is NaN
+    assert np.isfinite(last["eval/accuracy"])
     assert os.path.isfile(tmp_path / "logs" / "curves.png")
     if advantage == "gae":
         assert os.path.isfile(tmp_path / "checkpoints" / "latest" / "critic" / "model.safetensors")
 
 
 def test_skipped_weight_sync_is_detected(tiny_model, ray_session, tmp_path, tiny_config):
-    cfg = tiny_config(tiny_model, str(tmp_path), "learner.lr=1e-2", "algorithm.advantage=grpo")
+    cfg = tiny_config(
+        tiny_model, str(tmp_path), "learner.lr=1e-2", "algorithm.advantage=grpo",
+        "reward.function=tests.integration.reward_fns:digit_fraction",
+    )
     trainer = Trainer(cfg)
     trainer.setup()
     try:
@@ -81,7 +88,7 @@ def test_skipped_weight_sync_is_detected(tiny_model, ray_session, tmp_path, tiny
 
 def test_resume_continues_exactly(tiny_model, ray_session, tmp_path, tiny_config):
     straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    common = ("algorithm.advantage=grpo", "learner.lr=1e-3")
+    common = ("algorithm.advantage=grpo", "learner.lr=1e-3", "reward.function=tests.integration.reward_fns:digit_fraction")
     run(tiny_config(tiny_model, straight_dir, "total_steps=4", *common))
     run(tiny_config(tiny_model, resumed_dir, "total_steps=2", "checkpoint.every_steps=2", *common))
     assert os.path.islink(os.path.join(resumed_dir, "checkpoints", "latest"))

@@ -196,3 +196,10 @@ def test_shipped_configs_load_and_validate():
         pytest.skip("no configs/*.yaml yet")
     for path in paths:
         load_config(path).validate()
+
+
+def test_reward_eval_function_is_validated():
+    with pytest.raises(ValueError, match="reward.eval_function"):
+        load_config(None, ["reward.eval_function=not_an_import_path"])
+    cfg = load_config(None, ["reward.function=pipeline.tasks:arithmetic_digit_credit", "reward.eval_function=builtin"])
+    assert cfg.reward.eval_function == "builtin"

@@ -129,3 +129,21 @@ def test_verify_countdown_exact_division_and_subset():
 def test_verify_countdown_rejects_malformed_prompt():
     with pytest.raises(ValueError, match="countdown prompt"):
         tasks.verify("countdown", "1+1", "1+1", "make 2 please")
+
+
+def test_arithmetic_digit_credit_hand_values():
+    from pipeline.tasks import arithmetic_digit_credit
+
+    assert arithmetic_digit_credit("Compute 40+46.", "86", "86") == 1.0
+    assert arithmetic_digit_credit("Compute 40+46.", "85", "86") == 0.25  # units wrong, tens right
+    assert arithmetic_digit_credit("Compute 40+46.", "76", "86") == 0.25
+    assert arithmetic_digit_credit("Compute 40+46.", "186", "86") == pytest.approx(0.5 * 2 / 3)
+    assert arithmetic_digit_credit("Compute 40+46.", "nothing", "86") == 0.0
+    assert arithmetic_digit_credit("Compute 40+46.", "12", "86") == 0.0
+
+
+def test_arithmetic_digit_credit_never_rewards_a_miss_like_a_hit():
+    from pipeline.tasks import arithmetic_digit_credit
+
+    for completion in ("860", "8", "68", "87", "96"):
+        assert arithmetic_digit_credit("", completion, "86") <= 0.5
