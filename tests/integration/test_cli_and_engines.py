@@ -94,3 +94,28 @@ def test_vllm_reload_matches_transformers_after_weight_change(tiny_model, ray_se
         assert not np.allclose(np.concatenate(before), np.concatenate(expected), atol=1e-3)
         for got, want in zip(after, expected):
             np.testing.assert_allclose(got, want, atol=1e-4, err_msg=engine_name)
+
+
+def test_two_rollout_workers_split_a_batch_like_one(tiny_model, ray_session, tmp_path, tiny_config):
+    """Seeds depend on the prompt, not the engine: splitting among engines changes nothing."""
+    from rollout_workers.group import RolloutGroup
+    from rollout_workers.types import Sampling
+
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 10, 11], [1, 12], [1, 13, 14]]
+    sampling = Sampling(n=3, temperature=1.0, max_tokens=5)
+    batches = []
+    for workers in (2, 1):
+        cfg = tiny_config(tiny_model, str(tmp_path), f"rollout.num_workers={workers}")
+        group = RolloutGroup(cfg, tiny_model)
+        try:
+            batches.append(group.generate(prompts, sampling, step=7))
+        finally:
+            group.shutdown()
+    split, single = batches
+    assert split.prompt_index == single.prompt_index == [i for i in range(5) for _ in range(3)]
+    assert split.response_ids == single.response_ids
+    np.testing.assert_allclose(
+        np.concatenate([np.asarray(x) for x in split.response_logprobs]),
+        np.concatenate([np.asarray(x) for x in single.response_logprobs]),
+        atol=1e-5,
+    )
