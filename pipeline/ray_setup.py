@@ -41,7 +41,7 @@ def init_ray(cfg: RayppoConfig) -> None:
     num_cpus = cfg.resources.local_num_cpus or max(os.cpu_count() or 1, math.ceil(needed["CPU"]))
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=None,  # started when ray[default] is installed, as it is here
         dashboard_host=cfg.resources.dashboard_host,
         runtime_env=runtime_env,
         log_to_driver=True,
