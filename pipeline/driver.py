@@ -45,7 +45,11 @@ class Trainer:
         self.eval_ids = data.encode_prompts(self.tokenizer, self.eval_rows, max_tokens)
         self.stream = data.PromptStream(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.probe: ProbeBatch = make_probe(
-            self.tokenizer, self.eval_ids, [r.answer for r in self.eval_rows], cfg.rollout.probe_size
+            self.tokenizer,
+            self.eval_ids,
+            [r.answer for r in self.eval_rows],
+            cfg.rollout.probe_size,
+            max_tokens=cfg.rollout.max_tokens,
         )
         self.resume_dir = (
             checkpoint.resolve(cfg.checkpoint.dir, cfg.checkpoint.resume) if cfg.checkpoint.resume else None

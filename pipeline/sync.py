@@ -24,14 +24,17 @@ class ProbeBatch:
     response_ids: list[list[int]]
 
 
-def make_probe(tokenizer, prompt_ids: list[list[int]], answers: list, size: int) -> ProbeBatch:
-    """Fixed probe: the first ``size`` prompts with their reference answer (or a stock reply)."""
+def make_probe(
+    tokenizer, prompt_ids: list[list[int]], answers: list, size: int, max_tokens: int | None = None
+) -> ProbeBatch:
+    """Fixed probe: the first ``size`` prompts with their reference answer (or a stock reply),
+    cut to ``max_tokens`` so probe sequences fit the engines' context like any completion."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     prompts, responses = [], []
     for ids, answer in list(zip(prompt_ids, answers))[:size]:
         text = str(answer) if answer is not None else "ok"
         prompts.append(list(ids))
-        responses.append(tokenizer.encode(text, add_special_tokens=False) + eos)
+        responses.append((tokenizer.encode(text, add_special_tokens=False) + eos)[:max_tokens])
     return ProbeBatch(prompts, responses)
 
 

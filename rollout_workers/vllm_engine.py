@@ -139,7 +139,3 @@ class VLLMEngine:
     def shutdown(self) -> None:
         del self.llm
 
-
-def default_max_model_len(max_prompt_tokens: int, max_tokens: int, probe_extra: int = 0) -> int:
-    return max_prompt_tokens + max_tokens + probe_extra + 8
-

@@ -119,3 +119,8 @@ def test_two_rollout_workers_split_a_batch_like_one(tiny_model, ray_session, tmp
         np.concatenate([np.asarray(x) for x in single.response_logprobs]),
         atol=1e-5,
     )
+
+
+def test_local_ray_dashboard_binds_loopback(ray_session):
+    url = ray_session._private.worker.global_worker.node.address_info.get("webui_url")
+    assert url and url.split(":")[0] == "127.0.0.1"

@@ -50,6 +50,11 @@ def test_make_probe_size_larger_than_data_and_non_string_answers(tokenizer):
     assert all(r[-1] == tokenizer.eos_token_id for r in probe.response_ids)
 
 
+def test_make_probe_cuts_responses_to_max_tokens(tokenizer):
+    probe = make_probe(tokenizer, [[1]], ["123456"], size=1, max_tokens=4)
+    assert probe.response_ids[0] == tokenizer.encode("1234", add_special_tokens=False)
+
+
 class _NoEosTokenizer:
     eos_token_id = None
 
