@@ -27,6 +27,10 @@ from pipeline.config import RayppoConfig
 warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
+# Per-token targets an update may read (see ``_micro_loss``).
+UPDATE_KEYS = ("advantages", "old_logprobs", "ref_logprobs", "returns", "old_values")
+
+
 def free_address() -> tuple[str, int]:
     """This host's address and a free TCP port for the process-group rendezvous."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -143,21 +147,22 @@ class LearnerWorker:
             ("old_values", self.use_critic, self._values),
         ]
         plan = self._plan(samples, self.cfg.learner.micro_batch_tokens)
-        fallback = samples.subset([0]) if len(samples) else None
+        fallback = samples.subset([0]) if len(samples) else self._placeholder()
         for key, enabled, fn in wanted:
             if not enabled:
                 continue
             values: list[np.ndarray] = []
             for index in plan:
-                mb, weight = self._micro(samples, index, fallback or self._dummy())
+                mb, weight = self._micro(samples, index, fallback)
                 result = fn(mb)
                 if weight:
                     values.extend(unpad(result, mb.response_mask))
             out[key] = values
         return out
 
-    def _dummy(self) -> Samples:
-        return Samples([[self.pad_id]], [[self.pad_id]], {})
+    def _placeholder(self, keys: tuple[str, ...] = ()) -> Samples:
+        """One padding token, for a rank with no samples: it still joins every collective."""
+        return Samples([[self.pad_id]], [[self.pad_id]], {k: [np.zeros(1, np.float32)] for k in keys})
 
     # ------------------------------------------------------------------ update
     def update(self, samples: Samples) -> dict[str, float]:
@@ -193,7 +198,7 @@ class LearnerWorker:
         local_units = float(len(mini)) if by_sequence else local_tokens
         global_units = max(self._global(local_units), 1.0)
         plan = self._plan(mini, self.cfg.learner.micro_batch_tokens)
-        fallback = mini.subset([0]) if len(mini) else self._dummy_update()
+        fallback = mini.subset([0]) if len(mini) else self._placeholder(UPDATE_KEYS)
         totals: dict[str, float] = {}
         for index in plan:
             mb, weight = self._micro(mini, index, fallback)
@@ -205,10 +210,6 @@ class LearnerWorker:
         metrics = {k: self._global(v) for k, v in totals.items()}
         metrics.update(self._optimizer_step())
         return metrics
-
-    def _dummy_update(self) -> Samples:
-        keys = ["advantages", "old_logprobs", "ref_logprobs", "returns", "old_values"]
-        return Samples([[self.pad_id]], [[self.pad_id]], {k: [np.zeros(1, np.float32)] for k in keys})
 
     def _micro_loss(self, mb: MicroBatch, scale: float) -> dict[str, float]:
         algo, mask, x = self.algo, mb.response_mask, mb.extras

@@ -31,10 +31,8 @@ class Trainer:
         if problem:
             raise ValueError(f"model.path: {problem}")
         self.reward_fn = rewards.resolve_reward_fn(cfg.reward.function, cfg.data.task)
-        self.eval_fn = (
-            rewards.resolve_reward_fn(cfg.reward.eval_function, cfg.data.task)
-            if cfg.reward.eval_function
-            else self.reward_fn
+        self.eval_fn = rewards.resolve_reward_fn(
+            cfg.reward.eval_function or cfg.reward.function, cfg.data.task
         )
         self.tokenizer = AutoTokenizer.from_pretrained(
             cfg.model.path, trust_remote_code=cfg.model.trust_remote_code
@@ -104,7 +102,8 @@ class Trainer:
                 [self.train_ids[i] for i in prompt_rows], self._sampling(), self.step_index
             )
         with t.phase("reward"):
-            scores, reward_metrics = self._score(rollout, [self.train_rows[i] for i in prompt_rows])
+            rows = [self.train_rows[i] for i in prompt_rows]
+            scores, reward_metrics = self._score(rollout, rows, self.reward_fn)
         samples = Samples(rollout.prompt_ids, rollout.response_ids, {})
         with t.phase("logprobs"):
             computed = self.learners.compute(samples, need_old_logprobs=self._needs_old_logprobs())
@@ -138,11 +137,11 @@ class Trainer:
         rc = self.cfg.rollout
         return sync(self.learners, self.rollouts, self.probe, rc.probe_tolerance, self.version, check)
 
-    def _score(self, rollout: RolloutBatch, rows: list, fn=None) -> tuple[np.ndarray, dict[str, float]]:
+    def _score(self, rollout: RolloutBatch, rows: list, fn) -> tuple[np.ndarray, dict[str, float]]:
         prompts = [rows[i].prompt_text for i in rollout.prompt_index]
         answers = [rows[i].answer for i in rollout.prompt_index]
         completions = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        scores, unscorable = rewards.score_completions(fn or self.reward_fn, prompts, completions, answers)
+        scores, unscorable = rewards.score_completions(fn, prompts, completions, answers)
         finite = scores[np.isfinite(scores)]
         lengths = [len(r) for r in rollout.response_ids]
         return scores, {
@@ -208,18 +207,17 @@ class Trainer:
         return checkpoint.commit(cfg.checkpoint.dir, self.step_index, tmp, state, cfg.checkpoint.keep_last)
 
     def export(self, out: str) -> str:
-        """The final policy as an HF directory, written atomically next to ``out``."""
+        """Copy the final checkpoint's policy (already an HF directory) to ``out``, atomically."""
         import shutil
 
+        source = os.path.join(checkpoint.resolve(self.cfg.checkpoint.dir, "latest"), "policy")
         tmp = out.rstrip("/") + ".tmp"
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
-        os.makedirs(tmp)
-        self.learners.save(tmp, self.cfg.model.path)
+        shutil.copytree(source, tmp)
         if os.path.exists(out):
             shutil.rmtree(out)
-        shutil.copytree(os.path.join(tmp, "policy"), out)
-        shutil.rmtree(tmp)
+        os.rename(tmp, out)
         return out
 
     def summary(self, last: dict[str, float], phase_totals: dict[str, float]) -> str:

@@ -172,8 +172,8 @@ def arithmetic_digit_credit(prompt: str, completion: str, answer: str) -> float:
 
     Digits are compared aligned from the right (units with units), over the longer of the two
     numbers, so "85" for 86 earns 0.25 and "185" for 86 earns 0.5 * 1/3. Exact answers always
-    score strictly more than any near miss. A denser signal than exact match: each sample says
-    which digits were right, which lets small models learn carries from far fewer samples.
+    score strictly more than any near miss. Use it as ``reward.function`` with
+    ``reward.eval_function: builtin`` so accuracy is still measured by exact match.
     """
     if _verify_arithmetic(completion, answer) == 1.0:
         return 1.0
