@@ -250,6 +250,27 @@ class ResourcesConfig:
     """Interface the local Ray dashboard binds to. Keep it private unless you know why not."""
     torch_threads: int = 1
     """Intra-op threads per learner rank (CPU)."""
+    placement: str = "colocated"
+    """How roles map to nodes. ``colocated``: one placement group (PACK) holds every learner rank
+    and engine, so they share nodes and may share GPUs through fractional ``gpus_per_*``.
+    ``disaggregated``: one placement group per role, each restricted to its own node pool by
+    ``learner_node_*`` / ``rollout_node_*``."""
+    learner_node_resources: dict[str, float] = field(default_factory=dict)
+    """Custom resources each learner bundle also reserves, e.g. ``{learner_pool: 0.01}`` to use
+    only nodes started with ``ray start --resources '{"learner_pool": 1}'``."""
+    rollout_node_resources: dict[str, float] = field(default_factory=dict)
+    """Custom resources each rollout-engine bundle also reserves (see ``learner_node_resources``)."""
+    learner_node_labels: dict[str, str] = field(default_factory=dict)
+    """Node labels learner bundles must match, e.g. ``{pool: learner}`` for nodes started with
+    ``ray start --labels pool=learner`` (KubeRay: ``rayStartParams.labels``)."""
+    rollout_node_labels: dict[str, str] = field(default_factory=dict)
+    """Node labels rollout-engine bundles must match."""
+    learner_ranks_per_node: Optional[int] = None
+    """Place exactly this many learner ranks on each node (``num_ranks`` must be a multiple);
+    ``None`` lets Ray pack them."""
+    placement_timeout_s: float = 120.0
+    """Seconds to wait for a placement group the cluster can hold but has not freed yet (busy
+    nodes, autoscaling) before failing with what was asked and what is free."""
 
 
 @dataclass
@@ -272,6 +293,42 @@ class SFTConfig:
     """Linear warm-up steps."""
     num_examples: int = 2000
     """Training examples drawn from the task / train files."""
+
+
+@dataclass
+class TuneConfig:
+    """``rayppo sweep``: a Ray Tune search over any config field; every trial is a whole run
+    (its own engines and learner group) reserved as one placement group."""
+
+    name: Optional[str] = None
+    """Sweep name: its directory under ``storage_path`` and the W&B group; ``None`` = run_name."""
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dotted config field -> one sampler, e.g. ``learner.lr: {loguniform: [1.0e-5, 1.0e-3]}``.
+    Samplers: ``loguniform``, ``uniform``, ``quniform`` ([low, high, q]), ``randint``,
+    ``choice`` (list of values), ``grid`` (list of values, every one is run)."""
+    metric: str = "eval/accuracy"
+    """Metric the sweep optimises (any key of ``metrics.jsonl``)."""
+    mode: str = "max"
+    """``max`` or ``min`` of ``metric``."""
+    num_samples: int = 1
+    """Trials drawn from the search space (each grid point is run this many times)."""
+    max_concurrent_trials: Optional[int] = None
+    """Trials running at once; ``None`` = as many as the cluster holds."""
+    scheduler: str = "fifo"
+    """``fifo`` (run every trial to the end), ``asha`` (stop weak trials early) or ``pbt``
+    (weak trials continue from a strong trial's checkpoint with perturbed hyperparameters)."""
+    grace_period: int = 1
+    """ASHA: steps every trial runs before it may be stopped."""
+    reduction_factor: float = 2.0
+    """ASHA: keep the best 1/reduction_factor of trials at each rung."""
+    perturbation_interval: int = 2
+    """PBT: steps between exploit/explore decisions; trials checkpoint at this interval."""
+    quantile_fraction: float = 0.25
+    """PBT: the bottom fraction of trials copies a checkpoint from the top fraction."""
+    resample_probability: float = 0.25
+    """PBT: chance a perturbed hyperparameter is redrawn from ``search_space`` instead of scaled."""
+    driver_cpus: float = 1.0
+    """CPUs of each trial's driver bundle (the process running the trial's step loop)."""
 
 
 @dataclass
@@ -309,7 +366,14 @@ class RayppoConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metrics sinks."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    """Ray resources per role."""
+    """Ray resources per role and their placement on nodes."""
+    storage_path: Optional[str] = None
+    """Root for the run's outputs: relative ``logging.dir``, ``checkpoint.dir`` and
+    ``checkpoint.export_dir`` are placed under it. On a cluster point it at shared storage
+    (NFS, a mounted bucket) so results outlive the job's driver; ``rayppo sweep`` keeps its
+    trials under ``storage_path/<tune.name>``."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """``rayppo sweep``: the search space, metric and scheduler."""
 
     def validate(self) -> "RayppoConfig":
         """Check types, ranges and cross-field consistency; raise ``ValueError`` naming the field.

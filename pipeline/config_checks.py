@@ -59,6 +59,11 @@ def _describe(hint: Any) -> str:
         return f"{_describe(inner)} or null"
     if typing.get_origin(hint) is list:
         return f"list of {_describe(typing.get_args(hint)[0])}"
+    if typing.get_origin(hint) is dict:
+        key, val = typing.get_args(hint)
+        return f"mapping of {_describe(key)} to {_describe(val)}"
+    if hint is Any:
+        return "any value"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -101,6 +106,14 @@ def _try_coerce(value: Any, hint: Any) -> Any:
             return _FAIL
         items = [_try_coerce(v, item_hint) for v in value]
         return _FAIL if any(v is _FAIL for v in items) else items
+    if typing.get_origin(hint) is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            return _FAIL
+        pairs = [(_try_coerce(k, key_hint), _try_coerce(v, value_hint)) for k, v in value.items()]
+        return _FAIL if any(k is _FAIL or v is _FAIL for k, v in pairs) else dict(pairs)
+    if hint is Any:
+        return value
     raise TypeError(f"unsupported config annotation {hint!r}")
 
 
@@ -137,6 +150,9 @@ _ENUMS: dict[str, tuple] = {
     "algorithm.kl_estimator": ("k1", "k2", "k3"),
     "algorithm.loss_agg": ("token_mean", "seq_mean_token_mean"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
+    "resources.placement": ("colocated", "disaggregated"),
+    "tune.mode": ("max", "min"),
+    "tune.scheduler": ("fifo", "asha", "pbt"),
 }
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -201,6 +217,18 @@ _BOUNDS: list[tuple[str, str, float]] = [
     ("resources.gpus_per_rollout_worker", ">=", 0),
     ("resources.local_num_cpus", ">=", 1),
     ("resources.torch_threads", ">=", 1),
+    ("resources.learner_ranks_per_node", ">=", 1),
+    ("resources.placement_timeout_s", ">", 0),
+    ("tune.num_samples", ">=", 1),
+    ("tune.max_concurrent_trials", ">=", 1),
+    ("tune.grace_period", ">=", 1),
+    ("tune.reduction_factor", ">", 1),
+    ("tune.perturbation_interval", ">=", 1),
+    ("tune.quantile_fraction", ">", 0),
+    ("tune.quantile_fraction", "<=", 0.5),
+    ("tune.resample_probability", ">=", 0),
+    ("tune.resample_probability", "<=", 1),
+    ("tune.driver_cpus", ">=", 0),
 ]
 
 
@@ -261,6 +289,26 @@ def _validate(cfg: RayppoConfig) -> None:
             f"resources.gpus_per_rollout_worker >= {ro.tensor_parallel_size}; "
             f"got {cfg.resources.gpus_per_rollout_worker}"
         )
+    res = cfg.resources
+    if res.learner_ranks_per_node and ln.num_ranks % res.learner_ranks_per_node:
+        errors.append(
+            f"learner.num_ranks ({ln.num_ranks}) must be a multiple of "
+            f"resources.learner_ranks_per_node ({res.learner_ranks_per_node})"
+        )
+    if res.placement == "colocated":
+        for name in ("learner_node_resources", "rollout_node_resources", "learner_node_labels", "rollout_node_labels"):
+            if getattr(res, name):
+                errors.append(
+                    f"resources.{name} selects a node pool, which needs resources.placement="
+                    f"'disaggregated' (placement is 'colocated')"
+                )
+    for name in ("learner_node_resources", "rollout_node_resources"):
+        for key, amount in getattr(res, name).items():
+            if key in ("CPU", "GPU", "memory") or amount <= 0:
+                errors.append(
+                    f"resources.{name}.{key}: must be a custom resource with an amount > 0 "
+                    f"(CPUs and GPUs come from cpus_per_* / gpus_per_*), got {amount!r}"
+                )
     if not cfg.resources.dashboard_host.strip():
         errors.append("resources.dashboard_host: must be a non-empty string")
     for name, fn in (("reward.function", cfg.reward.function), ("reward.eval_function", cfg.reward.eval_function)):
