@@ -15,20 +15,19 @@ from pipeline.config import RayppoConfig
 
 
 class LearnerGroup:
-    def __init__(self, cfg: RayppoConfig, placement_group=None):
+    def __init__(self, cfg: RayppoConfig, placement=None):
+        """``placement``: a :class:`pipeline.placement.Placement` whose learner bundles the
+        ranks go to; ``None`` lets Ray place them anywhere (tests, single-process tools)."""
         self.cfg = cfg
         n = cfg.learner.num_ranks
         res = cfg.resources
         actor_cls = ray.remote(LearnerWorker)
         self.workers = []
         for rank in range(n):
-            options = dict(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner)
-            if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=rank
-                )
+            if placement is not None:
+                options = placement.options("learner", rank)
+            else:
+                options = dict(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner)
             self.workers.append(actor_cls.options(**options).remote(cfg, rank, n))
         master_addr, master_port = ray.get(self.workers[0].address.remote())
         infos = ray.get([w.setup.remote(master_addr, master_port) for w in self.workers])

@@ -126,6 +126,13 @@ class RolloutConfig:
     """Number of fixed probe sequences scored after each weight sync."""
     verify_every: int = 1
     """Verify the weight sync every this many syncs (1 = every step)."""
+    torch_threads: int = 0
+    """Intra-op threads of each engine on CPU; 0 keeps Ray's default (the actor's CPU count).
+    Generation and the learner phases run one after another, so an engine may use every core
+    of its node even when it reserves fewer."""
+    ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token until ``max_tokens`` (every completion has
+    the same length). For benchmarks that must compare equal work; leave off for training."""
 
 
 @dataclass
@@ -541,6 +548,23 @@ def save_config(cfg: RayppoConfig, path: str | os.PathLike) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def resolve_storage(cfg: RayppoConfig) -> RayppoConfig:
+    """Place the run's relative output directories under ``cfg.storage_path`` (in place).
+
+    The results become absolute paths, so doing this twice, or reloading a saved config that
+    still names ``storage_path``, changes nothing.
+    """
+    if not cfg.storage_path:
+        return cfg
+    root = os.path.abspath(os.path.expanduser(cfg.storage_path))
+    cfg.storage_path = root
+    cfg.logging.dir = os.path.join(root, cfg.logging.dir)
+    cfg.checkpoint.dir = os.path.join(root, cfg.checkpoint.dir)
+    if cfg.checkpoint.export_dir:
+        cfg.checkpoint.export_dir = os.path.join(root, cfg.checkpoint.export_dir)
+    return cfg
 
 
 def config_hash(cfg: RayppoConfig) -> str:

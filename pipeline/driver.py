@@ -16,7 +16,7 @@ from learners import checkpoint
 from learners.batching import Samples
 from learners.models import model_dir_error
 from pipeline import advantage_step, data, rewards
-from pipeline.config import RayppoConfig, config_hash, save_config
+from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_config
 from pipeline.sync import ProbeBatch, make_probe, sync
 from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 from rollout_workers.types import RolloutBatch, Sampling
@@ -26,7 +26,7 @@ class Trainer:
     def __init__(self, cfg: RayppoConfig):
         from transformers import AutoTokenizer
 
-        self.cfg = cfg
+        self.cfg = resolve_storage(cfg)
         problem = model_dir_error(cfg.model.path)
         if problem:
             raise ValueError(f"model.path: {problem}")
@@ -60,14 +60,19 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         from learners.group import LearnerGroup
-        from pipeline.ray_setup import check_resources, init_ray
+        from pipeline.placement import Placement, write_report
+        from pipeline.ray_setup import init_ray
         from rollout_workers.group import RolloutGroup
 
         cfg = self.cfg
         init_ray(cfg)
-        check_resources(cfg)
-        self.learners = LearnerGroup(cfg)
-        self.rollouts = RolloutGroup(cfg, cfg.model.path)
+        self.placement = Placement.create(cfg)  # fails fast when the cluster cannot hold the run
+        self.learners = LearnerGroup(cfg, self.placement)
+        self.rollouts = RolloutGroup(cfg, cfg.model.path, self.placement)
+        write_report(
+            os.path.join(cfg.logging.dir, "placement.json"),
+            self.placement, self.learners.workers, self.rollouts.workers,
+        )
         if self.resume_dir:
             self.learners.load(self.resume_dir)
             state = checkpoint.read_state(self.resume_dir)
@@ -120,7 +125,13 @@ class Trainer:
 
     def _sampling(self) -> Sampling:
         rc = self.cfg.rollout
-        return Sampling(n=rc.n_samples, temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens)
+        return Sampling(
+            n=rc.n_samples,
+            temperature=rc.temperature,
+            top_p=rc.top_p,
+            max_tokens=rc.max_tokens,
+            ignore_eos=rc.ignore_eos,
+        )
 
     def _needs_old_logprobs(self) -> bool:
         lc = self.cfg.learner
@@ -232,7 +243,7 @@ class Trainer:
         return format_table(rows, ("metric", "value"))
 
     def shutdown(self) -> None:
-        for part in ("rollouts", "learners"):
+        for part in ("rollouts", "learners", "placement"):
             handle: Optional[object] = getattr(self, part, None)
             if handle is not None:
-                handle.shutdown()
+                handle.remove() if part == "placement" else handle.shutdown()

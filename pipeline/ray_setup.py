@@ -1,4 +1,4 @@
-"""Starting or joining Ray, and failing fast when the roles cannot be placed."""
+"""Starting or joining Ray. (Where the roles then run is :mod:`pipeline.placement`.)"""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import ray
 
 from pipeline.config import RayppoConfig
+from pipeline.placement import requested_resources
 
 # Worker processes inherit these so vLLM and torch stay quiet and single-threaded per role.
 WORKER_ENV = {
@@ -17,14 +18,6 @@ WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
-
-
-def requested_resources(cfg: RayppoConfig) -> dict[str, float]:
-    res, lc, rc = cfg.resources, cfg.learner, cfg.rollout
-    return {
-        "CPU": lc.num_ranks * res.cpus_per_learner + rc.num_workers * res.cpus_per_rollout_worker,
-        "GPU": lc.num_ranks * res.gpus_per_learner + rc.num_workers * res.gpus_per_rollout_worker,
-    }
 
 
 def init_ray(cfg: RayppoConfig) -> None:
@@ -48,15 +41,3 @@ def init_ray(cfg: RayppoConfig) -> None:
         configure_logging=True,
         logging_level="warning",
     )
-
-
-def check_resources(cfg: RayppoConfig) -> None:
-    """Raise at once (instead of hanging) when the cluster lacks what the roles ask for."""
-    have = ray.cluster_resources()
-    for name, amount in requested_resources(cfg).items():
-        if amount > have.get(name, 0.0) + 1e-9:
-            raise ValueError(
-                f"resources: this run asks for {amount:g} {name} in total "
-                f"({cfg.learner.num_ranks} learner ranks, {cfg.rollout.num_workers} rollout workers) "
-                f"but the Ray cluster has {have.get(name, 0.0):g} {name}"
-            )

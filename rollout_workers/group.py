@@ -52,22 +52,28 @@ def engine_kwargs(cfg: RayppoConfig) -> dict:
         gpu_memory_utilization=rc.gpu_memory_utilization,
         kv_cache_gib=rc.kv_cache_gib,
         enforce_eager=rc.enforce_eager,
+        torch_threads=rc.torch_threads,
     )
 
 
 class RolloutGroup:
     """Driver-side handle on ``rollout.num_workers`` engine actors."""
 
-    def __init__(self, cfg: RayppoConfig, model_path: str):
+    def __init__(self, cfg: RayppoConfig, model_path: str, placement=None):
+        """``placement``: a :class:`pipeline.placement.Placement` whose rollout bundles the
+        engines go to; ``None`` lets Ray place them anywhere."""
         res, rc = cfg.resources, cfg.rollout
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if rc.tensor_parallel_size == 1 else {}
-        actor_cls = ray.remote(RolloutWorker).options(
-            num_cpus=res.cpus_per_rollout_worker,
-            num_gpus=res.gpus_per_rollout_worker,
-            runtime_env={"env_vars": env},
-        )
+        actor_cls = ray.remote(RolloutWorker)
         kwargs = engine_kwargs(cfg)
-        self.workers = [actor_cls.remote(rc.engine, model_path, **kwargs) for _ in range(rc.num_workers)]
+        self.workers = []
+        for index in range(rc.num_workers):
+            if placement is not None:
+                options = placement.options("rollout", index)
+            else:
+                options = dict(num_cpus=res.cpus_per_rollout_worker, num_gpus=res.gpus_per_rollout_worker)
+            options["runtime_env"] = {"env_vars": env}
+            self.workers.append(actor_cls.options(**options).remote(rc.engine, model_path, **kwargs))
         ray.get([w.version.remote() for w in self.workers])  # surface start-up errors here
         self.base_seed = cfg.seed
 

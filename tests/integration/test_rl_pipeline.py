@@ -140,3 +140,27 @@ def test_exported_policy_loads_in_transformers_and_vllm(tiny_model, ray_session,
         assert np.allclose(engine_lp, hf_lp.numpy(), atol=1e-3)
     finally:
         ray.kill(engine)
+
+
+def test_outputs_go_to_storage_path_and_placement_is_recorded(tiny_model, ray_session, tmp_path, tiny_config):
+    import ray
+
+    store = tmp_path / "shared"
+    cfg = tiny_config(
+        tiny_model, str(tmp_path / "unused"), "total_steps=1", f"storage_path={store}",
+        "logging.dir=logs", "checkpoint.dir=checkpoints", "checkpoint.export_dir=policy",
+    )
+    run(cfg)
+    assert os.path.isfile(store / "logs" / "metrics.jsonl")
+    assert os.path.isfile(store / "checkpoints" / "latest" / "policy" / "model.safetensors")
+    assert os.path.isfile(store / "policy" / "model.safetensors")
+    assert not os.path.exists(tmp_path / "unused")
+    with open(store / "logs" / "placement.json") as f:
+        report = json.load(f)
+    node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert [r["rank"] for r in report["learner"]] == [0, 1] and len(report["rollout"]) == 1
+    assert {r["node_id"] for r in report["learner"] + report["rollout"]} <= node_ids
+    assert report["placement"] == "colocated" and not report["in_tune_trial"]
+    # The run's placement group is released with the run.
+    states = [g["state"] for g in ray.util.placement_group_table().values()]
+    assert states and all(s == "REMOVED" for s in states)

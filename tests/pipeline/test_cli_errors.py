@@ -4,7 +4,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.config import load_config
-from pipeline.ray_setup import requested_resources
+from pipeline.placement import requested_resources
 
 
 @pytest.fixture
