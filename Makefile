@@ -9,7 +9,7 @@ CONFIG ?= configs/debug.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rayppo-installed-$(EXTRA)
 
-.PHONY: setup debug test test-fast bench clean
+.PHONY: setup debug test test-fast bench clean submit
 
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
@@ -35,3 +35,12 @@ test-fast: setup
 
 clean:
 	rm -rf runs
+
+# `make submit ADDRESS=http://127.0.0.1:8265 CONFIG=configs/cluster_gpu.yaml ARGS="key=value ..."`:
+# the `ray job submit` of cluster/README.md. ADDRESS is the head's dashboard, reached through an
+# SSH tunnel or `kubectl port-forward`; with token auth, export RAY_AUTH_MODE=token first.
+ADDRESS ?= http://127.0.0.1:8265
+RUNTIME_ENV ?= cluster/runtime_env.yaml
+
+submit:
+	$(BIN)/ray job submit --address $(ADDRESS) --runtime-env $(RUNTIME_ENV) -- rayppo train $(CONFIG) $(ARGS)
