@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,20 +28,6 @@ def _load_local_cluster():
 
 
 local_cluster = _load_local_cluster()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    """The integration suite's tiny model (same settings as tests/integration/conftest.py)."""
-    from pipeline.config import RayppoConfig
-    from pipeline.model_init import init_model
-
-    cfg = RayppoConfig()
-    cfg.init.output_dir = str(tmp_path_factory.mktemp("models") / "tiny")
-    cfg.init.preset = "tiny"
-    cfg.init.corpus_size = 1000
-    cfg.init.vocab_size = 300
-    return init_model(cfg.init, cfg.data)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Shared fixtures for integration tests: one tiny local model, one Ray instance per session."""
+"""Shared fixtures for integration tests: one Ray instance per session, small run configs.
+(The tiny model fixture lives in ``tests/conftest.py``.)"""
 
 from __future__ import annotations
 
@@ -7,18 +8,6 @@ import os
 import pytest
 
 from pipeline.config import RayppoConfig, load_config
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    from pipeline.model_init import init_model
-
-    cfg = RayppoConfig()
-    cfg.init.output_dir = str(tmp_path_factory.mktemp("models") / "tiny")
-    cfg.init.preset = "tiny"
-    cfg.init.corpus_size = 1000
-    cfg.init.vocab_size = 300
-    return init_model(cfg.init, cfg.data)
 
 
 @pytest.fixture(scope="session")
