@@ -13,6 +13,7 @@ COMMANDS = {
     "train": "RL: vLLM rollout actors + FSDP2 learner group",
     "eval": "greedy accuracy of model.path on the held-out prompts",
     "all": "init-model and sft unless their outputs exist, then train; times each stage",
+    "sweep": "Ray Tune search over tune.search_space, each trial a whole run (--resume continues one)",
 }
 
 
@@ -51,6 +52,12 @@ def cmd_eval(cfg) -> None:
         trainer.shutdown()
 
 
+def cmd_sweep(cfg, resume: bool = False) -> None:
+    from pipeline.sweep import run_sweep
+
+    run_sweep(cfg, resume=resume)
+
+
 def cmd_all(cfg) -> None:
     import os
     import time
@@ -83,7 +90,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("config", help="YAML config file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="section.field=value overrides")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--resume", action="store_true", help="sweep: continue the interrupted sweep of this config"
+    )
+    args = parser.parse_intermixed_args(argv)
+    if args.resume and args.command != "sweep":
+        parser.error("--resume applies to 'sweep' only (training resumes with checkpoint.resume=latest)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "eval": cmd_eval,
         "all": cmd_all,
+        "sweep": lambda c: cmd_sweep(c, resume=args.resume),
     }
     try:
         handler[args.command](cfg)

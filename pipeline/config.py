@@ -235,6 +235,9 @@ class LoggingConfig:
     """``offline``, ``online`` or ``disabled``."""
     wandb_project: str = "rayppo"
     """W&B project name."""
+    wandb_group: Optional[str] = None
+    """W&B group of the run; ``rayppo sweep`` sets it to the sweep's name so its trials appear
+    together."""
     progress_bar: bool = True
     """Show a progress bar on stderr."""
 
@@ -309,7 +312,7 @@ class TuneConfig:
 
     name: Optional[str] = None
     """Sweep name: its directory under ``storage_path`` and the W&B group; ``None`` = run_name."""
-    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search_space: dict[str, Any] = field(default_factory=dict)
     """Dotted config field -> one sampler, e.g. ``learner.lr: {loguniform: [1.0e-5, 1.0e-3]}``.
     Samplers: ``loguniform``, ``uniform``, ``quniform`` ([low, high, q]), ``randint``,
     ``choice`` (list of values), ``grid`` (list of values, every one is run)."""
@@ -334,6 +337,10 @@ class TuneConfig:
     """PBT: the bottom fraction of trials copies a checkpoint from the top fraction."""
     resample_probability: float = 0.25
     """PBT: chance a perturbed hyperparameter is redrawn from ``search_space`` instead of scaled."""
+    pbt_synch: bool = False
+    """PBT: every trial waits at each perturbation step until the whole population is there,
+    then the weak ones copy the strong ones. Deterministic exploit order; faster trials idle,
+    and every trial restarts from its checkpoint after each perturbation."""
     driver_cpus: float = 1.0
     """CPUs of each trial's driver bundle (the process running the trial's step loop)."""
 

@@ -317,8 +317,32 @@ def _validate(cfg: RayppoConfig) -> None:
         module, _, attr = fn.partition(":")
         if not module.strip() or not attr.strip():
             errors.append(f"{name}: must be 'builtin' or 'package.module:function', got {fn!r}")
+    errors += _tune_errors(cfg, base_valid=not errors)
 
     if len(errors) == 1:
         raise ValueError(errors[0])
     if errors:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def _tune_errors(cfg: RayppoConfig, base_valid: bool) -> list[str]:
+    """Rules of the ``tune`` section (the search space itself: :mod:`pipeline.search_space`)."""
+    from pipeline.search_space import search_space_errors  # imports this module
+
+    tc = cfg.tune
+    errors = []
+    if tc.name is not None and (not tc.name.strip() or "/" in tc.name or tc.name in (".", "..")):
+        errors.append(f"tune.name: must be a plain directory name (no '/'), got {tc.name!r}")
+    if not tc.metric.strip():
+        errors.append("tune.metric: must name a metric, e.g. 'eval/accuracy'")
+    if tc.scheduler == "asha" and tc.grace_period > cfg.total_steps:
+        errors.append(
+            f"tune.grace_period ({tc.grace_period}) must be <= total_steps ({cfg.total_steps}): "
+            "ASHA never stops a trial before its grace period"
+        )
+    if tc.scheduler == "pbt" and tc.perturbation_interval >= cfg.total_steps:
+        errors.append(
+            f"tune.perturbation_interval ({tc.perturbation_interval}) must be < total_steps "
+            f"({cfg.total_steps}): otherwise PBT never perturbs a trial"
+        )
+    return errors + search_space_errors(cfg, base_valid=base_valid and not errors)

@@ -8,7 +8,7 @@ The driver owns nothing heavy: engines live in :mod:`rollout_workers`, models an
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_con
 from pipeline.sync import ProbeBatch, make_probe, sync
 from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 from rollout_workers.types import RolloutBatch, Sampling
+
+StepCallback = Callable[[int, dict[str, float], Optional[str]], None]
 
 
 class Trainer:
@@ -93,6 +95,7 @@ class Trainer:
             wandb_project=cfg.logging.wandb_project,
             progress_bar=cfg.logging.progress_bar,
             resume=self.resume_dir is not None,
+            wandb_group=cfg.logging.wandb_group,
         )
         # Engines start from model.path; after a resume the learner holds newer weights. This
         # first verified sync makes the very first generation use the learner's policy.
@@ -175,7 +178,9 @@ class Trainer:
         return {"eval/accuracy": accuracy, **self.timers.pop()}
 
     # -------------------------------------------------------------- train loop
-    def train(self) -> dict[str, float]:
+    def train(self, on_step: Optional[StepCallback] = None) -> dict[str, float]:
+        """Run to ``total_steps``. ``on_step(step, metrics, checkpoint_dir)`` is called after each
+        step is logged and saved (``checkpoint_dir`` is ``None`` when the step saved nothing)."""
         cfg = self.cfg
         if self.step_index == 0:
             self.history["eval_before"] = self.evaluate()["eval/accuracy"]
@@ -193,8 +198,9 @@ class Trainer:
                     phase_totals[key] = phase_totals.get(key, 0.0) + value
             last = {**last, **metrics}
             every = cfg.checkpoint.every_steps
-            if done or (every and self.step_index % every == 0):
-                self.save()
+            saved = self.save() if done or (every and self.step_index % every == 0) else None
+            if on_step is not None:
+                on_step(self.step_index, metrics, saved)
         self.history["eval_after"] = last.get("eval/accuracy", float("nan"))
         self.logger.close()
         if cfg.checkpoint.export_dir:

@@ -71,6 +71,7 @@ class MetricsLogger:
         wandb_project: str = "rayppo",
         progress_bar: bool = True,
         resume: bool = False,
+        wandb_group: str | None = None,
     ) -> None:
         if wandb_mode not in ("offline", "online", "disabled"):
             raise ValueError(
@@ -98,6 +99,7 @@ class MetricsLogger:
             self._run = wandb.init(
                 project=wandb_project,
                 name=run_name,
+                group=wandb_group,
                 config=config,
                 dir=log_dir,
                 mode=wandb_mode,
