@@ -33,6 +33,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest tests -v -m "not integration"
 
+# `make bench`: rayppo vs TRL GRPOTrainer on W1 (W1-gpu on a GPU machine); results in
+# benchmarks/results/ and the README's Benchmarks section. Installs the `bench` extra (TRL).
+BENCH_STAMP := $(VENV)/.rayppo-installed-$(EXTRA)-bench
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),bench]" && \
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.bench --readme README.md $(BENCH_ARGS)
+
 clean:
 	rm -rf runs
 

@@ -95,6 +95,10 @@ class LearnerWorker:
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)
+        alone_on_cpu = self.world_size == 1 and not self.on_gpu
+        if alone_on_cpu and not self.cfg.learner.fsdp_single_rank:
+            # Nothing to shard or reduce across; gradients and optimizer steps are the same.
+            return model
         return shard(model, self.on_gpu, mixed_precision=self.cfg.model.dtype == "auto")
 
     def _optimizer(self, model: torch.nn.Module, lr: float):

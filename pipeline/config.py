@@ -161,6 +161,10 @@ class LearnerConfig:
     """Optimizer steps per epoch (the batch is split into this many mini-batches)."""
     micro_batch_tokens: int = 4096
     """Token budget of one forward/backward micro-batch (gradient accumulation beyond it)."""
+    fsdp_single_rank: bool = True
+    """Wrap the models with FSDP2 even when the group has one rank on CPU. Off: plain modules,
+    the same maths without FSDP2's per-layer all-gather/reduce-scatter copies (on GPU, and with
+    several ranks, FSDP2 is always used: it also carries the bf16 mixed-precision policy)."""
     seed: int = 0
     """Seed of the learner (dropout-free models make it matter only for ties)."""
 

@@ -188,6 +188,7 @@ _BOUNDS: list[tuple[str, str, float]] = [
     ("rollout.probe_tolerance", ">", 0),
     ("rollout.probe_size", ">=", 1),
     ("rollout.verify_every", ">=", 1),
+    ("rollout.torch_threads", ">=", 0),
     ("learner.num_ranks", ">=", 1),
     ("learner.lr", ">", 0),
     ("learner.critic_lr", ">", 0),

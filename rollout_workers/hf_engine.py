@@ -8,10 +8,21 @@ from rollout_workers.types import RolloutBatch, Sampling, sample_seed
 
 
 class HFEngine:
-    def __init__(self, model_path: str, *, seed: int, trust_remote_code: bool = False, dtype: str = "auto", **_):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        seed: int,
+        trust_remote_code: bool = False,
+        dtype: str = "auto",
+        torch_threads: int = 0,
+        **_,
+    ):
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu" and torch_threads > 0:
+            torch.set_num_threads(torch_threads)
         torch_dtype = torch.bfloat16 if (dtype == "bfloat16" or (dtype == "auto" and self.device.type == "cuda")) else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code

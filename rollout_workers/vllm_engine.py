@@ -45,6 +45,13 @@ def configure_cpu_environment(kv_cache_gib: float) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Intra-op threads of this process (0: keep the default Ray gave the actor). Must run
+    before vLLM's CPU worker starts: it pins ``torch.set_num_threads`` afterwards."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -58,10 +65,12 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.5,
         kv_cache_gib: float = 1.0,
         enforce_eager: bool = True,
+        torch_threads: int = 0,
     ):
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             configure_cpu_environment(kv_cache_gib)
+            set_cpu_threads(torch_threads)
         if tensor_parallel_size == 1:
             # One in-process engine core: collective_rpc calls the worker directly, so weight
             # tensors are handed over by reference instead of being serialised.
