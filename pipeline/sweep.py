@@ -153,13 +153,16 @@ class TrialReporter:
     """``Trainer.train(on_step=...)`` callback: one ``tune.report`` per step.
 
     Every metric keeps its latest value, so the sweep's metric (an eval metric measured every
-    few steps) is in every report the schedulers see.
+    few steps) is in every report the schedulers see. The last step's report is held back
+    until :meth:`finish`: ASHA stops a trial as soon as it reports ``max_t`` steps, and the run
+    must first export its policy and close its logs.
     """
 
     def __init__(self, trainer, restored: dict[str, Any]):
         self.trainer = trainer
         self.metric = trainer.cfg.tune.metric
         self.latest: dict[str, Any] = dict(restored)
+        self.final: Optional[tuple[dict, Any]] = None
 
     def __call__(self, step: int, metrics: dict[str, float], saved: Optional[str]) -> None:
         from ray import tune
@@ -180,7 +183,16 @@ class TrialReporter:
             report["checkpoint/step"] = step
             report["checkpoint/policy_sha"] = checkpoint_policy(saved)[1]
             ckpt = tune.Checkpoint.from_directory(saved)
-        tune.report(report, checkpoint=ckpt)
+        if step >= self.trainer.cfg.total_steps:
+            self.final = (report, ckpt)
+        else:
+            tune.report(report, checkpoint=ckpt)
+
+    def finish(self) -> None:
+        from ray import tune
+
+        if self.final is not None:
+            tune.report(self.final[0], checkpoint=self.final[1])
 
 
 def _log_start(run_dir: str, values: dict, restored: dict) -> None:
@@ -211,7 +223,9 @@ def run_trial(config: dict, base: RayppoConfig = None, root: str = "") -> None:
         if restored:
             verify_restored_weights(trainer, restored)
         _log_start(run_dir, values, restored)
-        trainer.train(on_step=TrialReporter(trainer, restored))
+        reporter = TrialReporter(trainer, restored)
+        trainer.train(on_step=reporter)
+        reporter.finish()
     finally:
         # A trial that Tune stops (ASHA, PBT exploit) leaves through tune.report; its actors
         # also die with this process and its placement group, this just ends them in order.

@@ -113,16 +113,23 @@ def test_asha_sweep_stops_weak_trials_and_resumes_after_interrupt(tiny_model, ra
         if trial_id in finished_first:
             # Finished before the interrupt: not started again, no new results.
             assert len(runs) == 1 and len(frame) == rows_before[trial_id]
-        elif len(runs) > 1:
+        elif len(runs) > 1 and runs[-1]["restored"] is not None:
             # Interrupted while running: continued from the checkpoint it last reported.
             restored = runs[-1]["restored"]
             assert restored["restore/policy_sha"] == restored["restore/checkpoint_sha"]
             earlier = frame[frame["step"] == restored["restore/from_step"]]
             assert list(earlier["checkpoint/policy_sha"])[0] == restored["restore/checkpoint_sha"]
+        elif len(runs) > 1:
+            # Interrupted before its first report (so before any checkpoint): started over.
+            assert rows_before[trial_id] == 0
         assert list(frame["step"]) == sorted(set(frame["step"])), "a step was reported twice"
     longest = next(t for t in trials if trials[t].config["rollout.max_tokens"] == 4)
     assert steps[longest] == 3  # never below a rung's cutoff
     assert any(s < 3 for s in steps.values()), f"ASHA stopped no trial early: {steps}"
+    for trial_id, n in steps.items():
+        # A trial that ran to the end exported its policy before its last report.
+        exported = os.path.join(sweep, "runs", trial_id, "policy", "model.safetensors")
+        assert os.path.isfile(exported) == (n == 3)
 
     # The best trial is the one with the best last value, and its config trains as is.
     last = {t: analysis.trial_dataframes[t]["response/length_mean"].iloc[-1] for t in trials}
