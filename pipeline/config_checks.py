@@ -341,6 +341,11 @@ def _tune_errors(cfg: RayppoConfig, base_valid: bool) -> list[str]:
             f"tune.grace_period ({tc.grace_period}) must be <= total_steps ({cfg.total_steps}): "
             "ASHA never stops a trial before its grace period"
         )
+    if tc.scheduler != "fifo" and tc.metric.startswith("eval/") and cfg.eval_every == 0:
+        errors.append(
+            f"tune.metric={tc.metric!r} is measured every eval_every steps, and eval_every is 0: "
+            f"the {tc.scheduler} scheduler would only see its value before training"
+        )
     if tc.scheduler == "pbt" and tc.perturbation_interval >= cfg.total_steps:
         errors.append(
             f"tune.perturbation_interval ({tc.perturbation_interval}) must be < total_steps "

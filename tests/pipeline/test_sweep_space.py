@@ -74,6 +74,7 @@ def test_samplers_parse_with_yaml_strings_coerced():
         ("{}", ["tune.scheduler=asha", "tune.grace_period=5", "total_steps=4"], "tune.grace_period (5) must be <= total_steps (4)"),
         ("{learner.lr: {uniform: [0.1, 0.2]}}", ["tune.scheduler=pbt", "tune.perturbation_interval=4", "total_steps=4"], "tune.perturbation_interval (4) must be < total_steps (4)"),
         ("{}", ["tune.name=a/b"], "tune.name: must be a plain directory name"),
+        ("{}", ["tune.scheduler=asha", "eval_every=0"], "tune.metric='eval/accuracy' is measured every eval_every steps, and eval_every is 0"),
         ("{}", ["tune.metric=' '"], "tune.metric: must name a metric"),
     ],
 )
@@ -108,6 +109,19 @@ def test_trial_config_keeps_outputs_in_the_trial(tmp_path):
     assert cfg.checkpoint.export_dir == os.path.join(run_dir, "policy")
     assert cfg.checkpoint.every_steps == 3  # PBT needs a checkpoint at every perturbation
     assert cfg.logging.wandb_group == "sweep" and cfg.run_name == "sweep-abc_00001"
+
+
+def test_wandb_run_joins_the_sweep_group(tmp_path, monkeypatch):
+    from pipeline.tracking import MetricsLogger
+
+    for name in ("CACHE", "CONFIG", "DATA"):
+        monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / name.lower()))
+    log = MetricsLogger(str(tmp_path / "logs"), "sweep-t1", {}, 1, wandb_mode="offline",
+                        progress_bar=False, wandb_group="sweep")
+    try:
+        assert log._run.group == "sweep"
+    finally:
+        log.close()
 
 
 def test_policy_checksum_sees_one_ulp():
