@@ -110,19 +110,24 @@ def test_asha_sweep_stops_weak_trials_and_resumes_after_interrupt(tiny_model, ra
         frame = analysis.trial_dataframes[trial_id]
         steps[trial_id] = int(frame["step"].max())
         runs = starts(sweep, trial_id)
+        restored = runs[-1]["restored"]
         if trial_id in finished_first:
             # Finished before the interrupt: not started again, no new results.
             assert len(runs) == 1 and len(frame) == rows_before[trial_id]
-        elif len(runs) > 1 and runs[-1]["restored"] is not None:
-            # Interrupted while running: continued from the checkpoint it last reported.
-            restored = runs[-1]["restored"]
+        if restored is None:
+            # Never restarted, or interrupted before its first report (so before any
+            # checkpoint) and started over: one report per step.
+            assert len(runs) == 1 or rows_before[trial_id] == 0
+            assert list(frame["step"]) == sorted(set(frame["step"])), "a step was reported twice"
+        else:
+            # Interrupted while running: continued from the checkpoint it last reported, with
+            # that checkpoint's weights; the steps after it were run again.
+            assert len(runs) == 2
             assert restored["restore/policy_sha"] == restored["restore/checkpoint_sha"]
             earlier = frame[frame["step"] == restored["restore/from_step"]]
             assert list(earlier["checkpoint/policy_sha"])[0] == restored["restore/checkpoint_sha"]
-        elif len(runs) > 1:
-            # Interrupted before its first report (so before any checkpoint): started over.
-            assert rows_before[trial_id] == 0
-        assert list(frame["step"]) == sorted(set(frame["step"])), "a step was reported twice"
+            again = frame[frame["restore/source"] == restored["restore/source"]]
+            assert list(again["step"]) == list(range(restored["restore/from_step"] + 1, steps[trial_id] + 1))
     longest = next(t for t in trials if trials[t].config["rollout.max_tokens"] == 4)
     assert steps[longest] == 3  # never below a rung's cutoff
     assert any(s < 3 for s in steps.values()), f"ASHA stopped no trial early: {steps}"
