@@ -51,7 +51,8 @@ def _command_texts() -> list[tuple[str, str]]:
         texts += [(path.name, s) for s in _strings(doc)]
         # Indented comment lines ("#   ray up ...") carry each manifest's copy-pasteable commands.
         texts += [(path.name, line) for line in path.read_text().splitlines() if re.match(r"\s*#\s{2,}\S", line)]
-    texts.append(("Makefile", MAKEFILE))
+    # Recipe lines only: the Makefile's comments are prose ("rayppo vs TRL").
+    texts += [("Makefile", line) for line in MAKEFILE.splitlines() if line.startswith("\t")]
     return texts
 
 
