@@ -17,6 +17,10 @@ def _f(value, digits: int = 2, suffix: str = "") -> str:
     return f"{value:.{digits}f}{suffix}"
 
 
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
 def _header(results: dict) -> list[str]:
     m, v = results["machine"], results["versions"]
     device = m["gpu"] or f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU"
@@ -95,7 +99,7 @@ def micro_tables(results: dict) -> list[str]:
         lines.append(f"| {s['preset']} | {_f(s['params'] / 1e6, 1)} | {_f(s['size_gb'], 3)} | {_f(s['sync_s'], 3)} "
                      f"| {_f(s['gb_per_s'], 2)} | {_f(s['sync_with_check_s'], 3)} "
                      f"| {_f(100 * s['fraction_of_step'] if s['fraction_of_step'] is not None else None, 1, '%')} "
-                     f"| {s['probe_diff'] if s['probe_diff'] is not None else '-'} |")
+                     f"| {_g(s['probe_diff'])} |")
     engine_rows = [(r["workload"]["name"], e) for r in results["workloads"] for e in r.get("engines", [])]
     if engine_rows:
         lines += ["", "**Rollout engines** (same prompts, 8 samples each, forced length)", "",
@@ -196,3 +200,13 @@ def update_readme(path: str, table: str) -> None:
     _, tail = rest.split(README_END, 1)
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"{head}{README_START}\n{table}{README_END}{tail}")
+
+
+if __name__ == "__main__":
+    # Rewrite results.md / results.png from a results.json (e.g. after changing this module).
+    import sys
+
+    source = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/results.json"
+    with open(source, encoding="utf-8") as f:
+        loaded = json.load(f)
+    print("\n".join(write(loaded, os.path.dirname(source))))

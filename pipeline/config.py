@@ -163,8 +163,9 @@ class LearnerConfig:
     """Token budget of one forward/backward micro-batch (gradient accumulation beyond it)."""
     fsdp_single_rank: bool = True
     """Wrap the models with FSDP2 even when the group has one rank on CPU. Off: plain modules,
-    the same maths without FSDP2's per-layer all-gather/reduce-scatter copies (on GPU, and with
-    several ranks, FSDP2 is always used: it also carries the bf16 mixed-precision policy)."""
+    the same maths without FSDP2's per-layer all-gather/reduce-scatter copies (on W1-cpu the
+    difference was within run-to-run noise). On GPU, and with several ranks, FSDP2 is always
+    used: it also carries the bf16 mixed-precision policy."""
     seed: int = 0
     """Seed of the learner (dropout-free models make it matter only for ties)."""
 
