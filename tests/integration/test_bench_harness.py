@@ -21,6 +21,8 @@ def test_rayppo_runner_alternates_and_reports(tiny_model, ray_session, tmp_path)
     runners = []
     try:
         for name, overrides in (("rayppo", ()), ("rayppo[mbt]", ("learner.micro_batch_tokens=16",))):
+            # Eager decode: compiling the engine would cost more start-up than these steps.
+            overrides = ("rollout.enforce_eager=true", *overrides)
             runner = RayppoRunner(rayppo_config(w, tiny_model, str(tmp_path / name), *overrides))
             runner.name = name
             runners.append(runner)
