@@ -33,6 +33,9 @@ def rayppo_config(w: Workload, model_path: str, run_dir: str, *overrides: str) -
         "rollout.verify_every=1",
         f"rollout.torch_threads={w.threads}",
         "learner.num_ranks=1",
+        # One CPU rank as plain modules, the setting of the published table (the FSDP2-wrapped
+        # single rank is measured beside it as --variant fsdp=learner.fsdp_single_rank=true).
+        "learner.fsdp_single_rank=false",
         f"learner.lr={w.lr}",
         f"learner.seed={w.seed}",
         "learner.ppo_epochs=1",
