@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from learners.batching import Samples
-from pipeline.config import RayppoConfig, load_config
+from pipeline.config import load_config
 
 PROMPTS = [[1, 5, 6, 7, 8], [1, 9, 10], [1, 5, 6], [1, 11, 12, 13]]
 RESPONSES = [[13, 14, 2], [15, 16], [17, 18, 19, 2], [20]]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    from pipeline.model_init import init_model
-
-    cfg = RayppoConfig()
-    cfg.init.output_dir = str(tmp_path_factory.mktemp("single") / "tiny")
-    cfg.init.preset = "tiny"
-    cfg.init.corpus_size = 300
-    cfg.init.vocab_size = 260
-    return init_model(cfg.init, cfg.data)
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def make_worker(model_dir: str, fsdp: bool):
