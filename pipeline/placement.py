@@ -102,6 +102,16 @@ def trial_bundles(cfg: RayppoConfig) -> list[dict[str, float]]:
     return [driver] + learner.bundles + rollout.bundles
 
 
+def trial_placement_options(cfg: RayppoConfig) -> dict:
+    """Keyword arguments for ``tune.PlacementGroupFactory(trial_bundles(cfg), **this)``: the
+    node labels each bundle must match, in :func:`trial_bundles` order, so a trial keeps its
+    roles on their node pools. (A trial is one PACK group: ``learner_ranks_per_node`` still
+    keeps k ranks per bundle, but distinct nodes for the bundles are not enforced there.)"""
+    learner, rollout = role_layouts(cfg)
+    selectors = [{}] + [dict(learner.labels) for _ in learner.bundles] + [dict(rollout.labels) for _ in rollout.bundles]
+    return {"bundle_label_selector": selectors} if any(selectors) else {}
+
+
 def requested_resources(cfg: RayppoConfig) -> dict[str, float]:
     """Total of every resource the run's actors reserve."""
     total: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
@@ -313,5 +323,6 @@ __all__ = [
     "requested_resources",
     "role_layouts",
     "trial_bundles",
+    "trial_placement_options",
     "write_report",
 ]

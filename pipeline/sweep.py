@@ -318,17 +318,23 @@ def check_sweep_dir(path: str, resume: bool) -> None:
         )
 
 
+def _trial_resources(cfg: RayppoConfig):
+    from ray import tune
+
+    from pipeline.placement import trial_bundles, trial_placement_options
+
+    return tune.PlacementGroupFactory(trial_bundles(cfg), **trial_placement_options(cfg))
+
+
 def build_tuner(cfg: RayppoConfig, resume: bool, callbacks: Iterable = ()):
     """A new ``Tuner`` for ``cfg`` or, with ``resume``, the one restored from its directory."""
     from ray import tune
-
-    from pipeline.placement import trial_bundles
 
     path = sweep_dir(cfg)
     base = _absolute_inputs(cfg)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, root=path),
-        resources=lambda values: tune.PlacementGroupFactory(trial_bundles(apply_values(base, values))),
+        resources=lambda values: _trial_resources(apply_values(base, values)),
     )
     if resume:
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

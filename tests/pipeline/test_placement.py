@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from pipeline.config import load_config
-from pipeline.placement import check_feasible, role_layouts, trial_bundles
+from pipeline.placement import check_feasible, role_layouts, trial_bundles, trial_placement_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +35,14 @@ def test_colocated_layout_and_trial_bundles():
     assert rollout.bundles == [{"CPU": 1.0}] and not learner.spread
     cfg.tune.driver_cpus = 0.5
     assert trial_bundles(cfg) == [{"CPU": 0.5}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}]
+
+
+def test_trial_label_selectors_follow_the_trial_bundles():
+    cfg = load_config(None, ["resources.placement=disaggregated", "resources.learner_node_labels={pool: learner}"])
+    selectors = trial_placement_options(cfg)["bundle_label_selector"]
+    assert len(selectors) == len(trial_bundles(cfg))
+    assert selectors == [{}, {"pool": "learner"}, {"pool": "learner"}, {}]  # driver, 2 ranks, engine
+    assert trial_placement_options(load_config(None)) == {}
 
 
 def test_disaggregated_layout_with_ranks_per_node():
