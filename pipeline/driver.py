@@ -249,7 +249,10 @@ class Trainer:
         return format_table(rows, ("metric", "value"))
 
     def shutdown(self) -> None:
-        for part in ("rollouts", "learners", "placement"):
+        for part in ("rollouts", "learners"):
             handle: Optional[object] = getattr(self, part, None)
             if handle is not None:
-                handle.remove() if part == "placement" else handle.shutdown()
+                handle.shutdown()
+        placement = getattr(self, "placement", None)
+        if placement is not None:
+            placement.remove()  # after the actors that lived in it
