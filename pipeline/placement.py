@@ -66,24 +66,16 @@ def role_layouts(cfg: RayppoConfig) -> tuple[RoleLayout, RoleLayout]:
     """Learner and rollout layouts of ``cfg`` (custom resources and labels only when
     disaggregated: validation rejects them otherwise)."""
     res, n, m = cfg.resources, cfg.learner.num_ranks, cfg.rollout.num_workers
-    k = res.learner_ranks_per_node
-    if k:
-        learner = RoleLayout(
-            "learner",
-            [_bundle(res.cpus_per_learner, res.gpus_per_learner, res.learner_node_resources, k)] * (n // k),
-            dict(res.learner_node_labels),
-            [rank // k for rank in range(n)],
-            {"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},
-            spread=n // k > 1,
-        )
-    else:
-        learner = RoleLayout(
-            "learner",
-            [_bundle(res.cpus_per_learner, res.gpus_per_learner, res.learner_node_resources)] * n,
-            dict(res.learner_node_labels),
-            list(range(n)),
-            {"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},
-        )
+    # Without learner_ranks_per_node every rank is its own bundle (k = 1) and Ray may pack them.
+    k = res.learner_ranks_per_node or 1
+    learner = RoleLayout(
+        "learner",
+        [_bundle(res.cpus_per_learner, res.gpus_per_learner, res.learner_node_resources, k)] * (n // k),
+        dict(res.learner_node_labels),
+        [rank // k for rank in range(n)],
+        {"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner},
+        spread=res.learner_ranks_per_node is not None and n // k > 1,
+    )
     rollout = RoleLayout(
         "rollout",
         [_bundle(res.cpus_per_rollout_worker, res.gpus_per_rollout_worker, res.rollout_node_resources)] * m,
