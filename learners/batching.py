@@ -8,6 +8,7 @@ position ``p + t - 1`` (``p`` = prompt length).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -65,6 +66,27 @@ def pack_by_tokens(lengths: list[int], budget: int) -> list[list[int]]:
 
 
 @dataclass
+class SharedPrompts:
+    """The same micro-batch laid out for a prompt-once forward: each distinct prompt runs once,
+    and its keys/values are repeated for every sample that continues it.
+
+    Samples of one group (GRPO, RLOO, ...) share their prompt, so the plain layout computes it
+    ``n`` times. Here the prompt pass sees ``u`` distinct prompts (right-padded to ``P``); the
+    response pass attends to their cached keys/values through ``attention_mask``, whose prompt
+    part has zeros at each prompt's padding, and carries explicit ``position_ids`` so every
+    response token keeps the position it has right after its own prompt.
+    """
+
+    prompt_ids: torch.Tensor  # [u, P]
+    prompt_mask: torch.Tensor  # [u, P]
+    prompt_last: torch.Tensor  # [u] index of each prompt's last token
+    owner: torch.Tensor  # [b] index of each sample's prompt
+    response_inputs: torch.Tensor  # [b, max(R - 1, 1)] response tokens fed to the model
+    position_ids: torch.Tensor  # [b, max(R - 1, 1)]
+    attention_mask: torch.Tensor  # [b, P + max(R - 1, 1)]
+
+
+@dataclass
 class MicroBatch:
     input_ids: torch.Tensor  # [b, L]
     attention_mask: torch.Tensor  # [b, L]
@@ -72,9 +94,42 @@ class MicroBatch:
     response_ids: torch.Tensor  # [b, R]
     response_mask: torch.Tensor  # [b, R] float
     extras: dict[str, torch.Tensor]  # [b, R] each
+    shared: Optional[SharedPrompts] = None
+    """The prompt-once layout, when asked for (``collate(..., share_prompts=True)``)."""
 
 
-def collate(samples: Samples, pad_id: int, device: torch.device) -> MicroBatch:
+def share_prompts(samples: Samples, response_ids: torch.Tensor, pad_id: int) -> SharedPrompts:
+    """The :class:`SharedPrompts` layout of ``samples`` (``response_ids``: their ``[b, R]``)."""
+    index: dict[tuple[int, ...], int] = {}
+    owner = [index.setdefault(tuple(p), len(index)) for p in samples.prompt_ids]
+    prompts = [list(p) for p in index]
+    longest = max(1, max(len(p) for p in prompts))
+    u = len(prompts)
+    prompt_ids = torch.full((u, longest), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((u, longest), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        prompt_ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[i, : len(p)] = 1
+    prompt_len = prompt_mask.sum(-1)
+    owner_t = torch.tensor(owner, dtype=torch.long)
+    # Response token t is predicted at response input t - 1 (token 0 at the prompt's last
+    # token), so the last response token is never an input; one column stays for R = 1.
+    width = max(response_ids.shape[1] - 1, 1)
+    lengths = torch.tensor([len(r) for r in samples.response_ids], dtype=torch.long)
+    columns = torch.arange(width)
+    response_mask = (columns[None, :] < lengths[:, None]).long()
+    return SharedPrompts(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        prompt_last=(prompt_len - 1).clamp(min=0),
+        owner=owner_t,
+        response_inputs=response_ids[:, :width],
+        position_ids=prompt_len[owner_t][:, None] + columns[None, :],
+        attention_mask=torch.cat([prompt_mask[owner_t], response_mask], dim=1),
+    )
+
+
+def collate(samples: Samples, pad_id: int, device: torch.device, share: bool = False) -> MicroBatch:
     seqs = [p + r for p, r in zip(samples.prompt_ids, samples.response_ids)]
     longest = max(len(s) for s in seqs)
     resp_longest = max(1, max(len(r) for r in samples.response_ids))
@@ -96,6 +151,10 @@ def collate(samples: Samples, pad_id: int, device: torch.device) -> MicroBatch:
             response_mask[i, :r] = 1.0
         for k, values in samples.extras.items():
             extras[k][i, :r] = torch.tensor(np.asarray(values[i][:r], dtype=np.float32))
+    shared = None
+    if share:
+        layout = share_prompts(samples, response_ids, pad_id)
+        shared = SharedPrompts(**{k: v.to(device) for k, v in vars(layout).items()})
     return MicroBatch(
         input_ids.to(device),
         attention.to(device),
@@ -103,6 +162,7 @@ def collate(samples: Samples, pad_id: int, device: torch.device) -> MicroBatch:
         response_ids.to(device),
         response_mask.to(device),
         {k: v.to(device) for k, v in extras.items()},
+        shared,
     )
 
 

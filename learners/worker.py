@@ -123,13 +123,38 @@ class LearnerWorker:
 
     def _micro(self, samples: Samples, index: Optional[list[int]], fallback: Samples) -> tuple[MicroBatch, float]:
         """The micro-batch for ``index``; a ``None`` slot reuses ``fallback`` with weight 0."""
+        # Every micro-batch takes the same layout, so all ranks make the same number of model
+        # calls (FSDP2's collectives), whether or not a micro-batch has repeated prompts.
+        share = self.cfg.learner.share_prompt_forward
         if index is None:
-            return collate(fallback, self.pad_id, self.device), 0.0
-        return collate(samples.subset(index), self.pad_id, self.device), 1.0
+            return collate(fallback, self.pad_id, self.device, share), 0.0
+        return collate(samples.subset(index), self.pad_id, self.device, share), 1.0
 
-    def _logits(self, model, mb: MicroBatch) -> torch.Tensor:
+    def _logits(self, model, mb: MicroBatch, prompt_once: bool = True) -> torch.Tensor:
+        """Logits predicting each response token, ``[b, R, ...]``."""
+        if prompt_once and mb.shared is not None:
+            return self._prompt_once_logits(model, mb)
         out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
         return at_positions(out.logits, mb.positions).float()
+
+    def _prompt_once_logits(self, model, mb: MicroBatch) -> torch.Tensor:
+        s = mb.shared
+        first = model(input_ids=s.prompt_ids, attention_mask=s.prompt_mask, use_cache=True)
+        cache = first.past_key_values
+        # [u, ...] -> [b, ...]: a differentiable gather, so each prompt's gradient is the sum
+        # over its samples, as in the plain layout.
+        cache.reorder_cache(s.owner)
+        rows = torch.arange(len(s.prompt_last), device=s.prompt_last.device)
+        head = first.logits[rows, s.prompt_last][s.owner]  # predicts response token 0
+        rest = model(
+            input_ids=s.response_inputs,
+            attention_mask=s.attention_mask,
+            position_ids=s.position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+        width = mb.response_ids.shape[1]
+        return torch.cat([head[:, None], rest[:, : width - 1]], dim=1).float()
 
     def _response_logprobs(self, model, mb: MicroBatch, with_entropy: bool = False):
         logits = self._logits(model, mb) / self.temperature
@@ -138,7 +163,8 @@ class LearnerWorker:
         return logprobs, entropy
 
     def _values(self, mb: MicroBatch) -> torch.Tensor:
-        return self._logits(self.critic, mb)[..., 0]
+        # A token-classification head returns no keys/values to share: one plain pass.
+        return self._logits(self.critic, mb, prompt_once=False)[..., 0]
 
     # ----------------------------------------------------------------- compute
     @torch.no_grad()

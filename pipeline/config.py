@@ -162,6 +162,12 @@ class LearnerConfig:
     """Optimizer steps per epoch (the batch is split into this many mini-batches)."""
     micro_batch_tokens: int = 4096
     """Token budget of one forward/backward micro-batch (gradient accumulation beyond it)."""
+    share_prompt_forward: bool = True
+    """Run each distinct prompt of a micro-batch once and repeat its keys/values for all of its
+    samples, in the reference, old-logprob and update passes of the policy. The samples of a
+    group share their prompt, so this saves ``(n_samples - 1) / n_samples`` of the prompt
+    tokens' compute; the maths is the same up to float rounding. Off: every sample's prompt is
+    computed again (one pass per micro-batch instead of two)."""
     fsdp_single_rank: bool = True
     """Wrap the models with FSDP2 even when the group has one rank on CPU. Off: plain modules,
     the same maths without FSDP2's per-layer all-gather/reduce-scatter copies (on W1-cpu the

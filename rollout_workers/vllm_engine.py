@@ -52,6 +52,24 @@ def set_cpu_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _fast_output_options(sampling_params_cls) -> dict:
+    """Output options that skip work nothing here reads: rewards decode token ids themselves,
+    so no text; flat logprob lists instead of one dict per token (much less garbage for the
+    collector). ``flat_logprobs`` exists only in newer vLLM builds."""
+    options = {"detokenize": False}
+    if "flat_logprobs" in getattr(sampling_params_cls, "__struct_fields__", ()):
+        options["flat_logprobs"] = True
+    return options
+
+
+def token_logprobs(tokens: list[int], entries) -> list[float]:
+    """The logprob of each given token from vLLM's per-position logprobs (either layout)."""
+    if hasattr(entries, "start_indices"):  # FlatLogprobs
+        ids, values, starts, ends = entries.token_ids, entries.logprobs, entries.start_indices, entries.end_indices
+        return [values[s + ids[s:e].index(tok)] for tok, s, e in zip(tokens, starts, ends)]
+    return [entry[tok].logprob for tok, entry in zip(tokens, entries)]
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -94,6 +112,9 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
         )
         self.version = 0
+        from vllm import SamplingParams
+
+        self._output_options = _fast_output_options(SamplingParams)
 
     def generate(
         self, prompt_ids: list[list[int]], sampling: Sampling, step: int, base_seed: int, offset: int = 0
@@ -109,6 +130,7 @@ class VLLMEngine:
                 ignore_eos=sampling.ignore_eos,
                 logprobs=0,
                 seed=sample_seed(base_seed, step, offset + i),
+                **self._output_options,
             )
             for i in range(len(prompt_ids))
         ]
@@ -118,7 +140,7 @@ class VLLMEngine:
         for i, (ids, out) in enumerate(zip(prompt_ids, outputs)):
             for completion in out.outputs:
                 tokens = list(completion.token_ids)
-                logprobs = [entry[tok].logprob for tok, entry in zip(tokens, completion.logprobs)]
+                logprobs = token_logprobs(tokens, completion.logprobs)
                 batch.prompt_ids.append(list(ids))
                 batch.response_ids.append(tokens)
                 batch.response_logprobs.append(logprobs)
@@ -130,13 +152,13 @@ class VLLMEngine:
         """Teacher-forced logprobs of ``response_ids`` (the weight-sync probe)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, **self._output_options)
         prompts = [{"prompt_token_ids": p + r} for p, r in zip(prompt_ids, response_ids)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         scores = []
         for p, r, out in zip(prompt_ids, response_ids, outputs):
             entries = out.prompt_logprobs[len(p) :]
-            scores.append([entry[tok].logprob for tok, entry in zip(r, entries)])
+            scores.append(token_logprobs(r, entries))
         return scores
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:

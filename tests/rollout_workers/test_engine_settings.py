@@ -32,3 +32,21 @@ def test_engine_threads_are_validated_and_applied():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_sampled_token_logprobs_read_from_both_vllm_layouts():
+    from vllm import SamplingParams
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    from rollout_workers.vllm_engine import _fast_output_options, token_logprobs
+
+    # Position 1 also lists a top-k alternative before the sampled token.
+    positions = [{7: Logprob(-0.5, 1, None)}, {3: Logprob(-0.1, 1, None), 9: Logprob(-2.0, 4, None)}]
+    flat = FlatLogprobs()
+    flat.extend(positions)
+    for entries in (positions, flat, flat[0:]):
+        assert token_logprobs([7, 9], entries) == [-0.5, -2.0]
+    # The engine asks for neither text nor per-token dicts; the options are accepted.
+    options = _fast_output_options(SamplingParams)
+    assert options["detokenize"] is False
+    SamplingParams(logprobs=0, **options)
