@@ -48,7 +48,8 @@ def engines(cfg, w: Workload, prompt_ids: list[list[int]], vllm_rollouts, repeat
 
 def learner_rate(w: Workload, n_params: int, prompt_tokens: float, update_s: float,
                  reference_s: float, peak_gflops: float) -> dict:
-    """Training tokens/s of the update phase, and its model-FLOPs utilisation of the peak."""
+    """Training tokens/s of the update phase (every sample's prompt + completion), and its
+    model-FLOPs utilisation of the peak (the least FLOPs of the update, :func:`step_flops`)."""
     flops = step_flops(w, n_params, prompt_tokens)
     tokens = w.samples * (prompt_tokens + w.completion_tokens)
     return {

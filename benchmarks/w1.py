@@ -93,11 +93,11 @@ def _numel(shape) -> int:
 def step_flops(w: Workload, n_params: int, prompt_tokens: float) -> dict[str, float]:
     """Arithmetic work of one step (matmul FLOPs, 2 per multiply-add; attention ignored).
 
-    Training: 6N per token of every sequence (prompt + completion, forward + backward);
-    reference: 2N per token; generation: 2N per generated token (prompt prefill counted once
-    per prompt).
+    Training: 6N per token (forward + backward); reference: 2N per token; generation: 2N per
+    generated token. Every completion token counts; a prompt counts once per prompt, not once
+    per sample: its samples only need its keys/values, so that is the least work a step needs.
     """
-    seq_tokens = w.samples * (prompt_tokens + w.completion_tokens)
+    seq_tokens = w.prompts * prompt_tokens + w.samples * w.completion_tokens
     generated = w.completion_tokens_per_step + w.prompts * prompt_tokens
     return {
         "train": 6.0 * n_params * seq_tokens,
