@@ -52,12 +52,16 @@ class LearnerGroup:
         return results[0]  # metrics are already all-reduced over ranks
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:
-        samples = Samples(prompt_ids, response_ids, {})
-        shards = self._shards(samples)
-        parts = ray.get(
-            [w.score.remote(s.prompt_ids, s.response_ids) for w, s in zip(self.workers, shards)]
-        )
-        return [x for part in parts for x in part]
+        return self.gather_scores(self.score_refs(prompt_ids, response_ids))
+
+    def score_refs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[ray.ObjectRef]:
+        """Start :meth:`score` on every rank; :meth:`gather_scores` collects the result."""
+        shards = self._shards(Samples(prompt_ids, response_ids, {}))
+        return [w.score.remote(s.prompt_ids, s.response_ids) for w, s in zip(self.workers, shards)]
+
+    @staticmethod
+    def gather_scores(refs: list[ray.ObjectRef]) -> list[np.ndarray]:
+        return [x for part in ray.get(refs) for x in part]
 
     def policy_weights(self) -> ray.ObjectRef:
         """An object-store reference to the full policy state dict (gathered on rank 0).

@@ -56,9 +56,12 @@ def probe_difference(engine_scores: list[list[float]], learner_scores: list[np.n
     return float(np.mean(np.concatenate(diffs))) if diffs else 0.0
 
 
-def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int) -> float:
-    """Largest engine-vs-learner mean |logprob difference|; raises above ``tolerance``."""
-    learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
+def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int,
+           learner_scores: list[np.ndarray] | None = None) -> float:
+    """Largest engine-vs-learner mean |logprob difference|; raises above ``tolerance``.
+    ``learner_scores``: the learner's probe scores when already computed."""
+    if learner_scores is None:
+        learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
     worst = 0.0
     for engine_index, engine_scores in enumerate(rollouts.score(probe.prompt_ids, probe.response_ids)):
         diff = probe_difference(engine_scores, learner_scores)
@@ -77,6 +80,8 @@ def sync(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int, 
     start = time.perf_counter()
     state_ref = learners.policy_weights()
     gathered = time.perf_counter()
+    # The learner scores the probe (queued after its gather) while the engines reload.
+    pending = learners.score_refs(probe.prompt_ids, probe.response_ids) if check else None
     load_seconds = rollouts.load_weights(state_ref, version)
     metrics = {
         "sync/seconds": time.perf_counter() - start,
@@ -84,5 +89,6 @@ def sync(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int, 
         "sync/load_seconds": load_seconds,
     }
     if check:
-        metrics["sync/probe_diff"] = verify(learners, rollouts, probe, tolerance, version)
+        learner_scores = learners.gather_scores(pending)
+        metrics["sync/probe_diff"] = verify(learners, rollouts, probe, tolerance, version, learner_scores)
     return metrics
