@@ -95,7 +95,7 @@ class MicroBatch:
     response_mask: torch.Tensor  # [b, R] float
     extras: dict[str, torch.Tensor]  # [b, R] each
     shared: Optional[SharedPrompts] = None
-    """The prompt-once layout, when asked for (``collate(..., share_prompts=True)``)."""
+    """The prompt-once layout, when asked for (``collate(..., share=True)``)."""
 
 
 def share_prompts(samples: Samples, response_ids: torch.Tensor, pad_id: int) -> SharedPrompts:

@@ -139,13 +139,16 @@ class LearnerWorker:
 
     def _prompt_once_logits(self, model, mb: MicroBatch) -> torch.Tensor:
         s = mb.shared
-        first = model(input_ids=s.prompt_ids, attention_mask=s.prompt_mask, use_cache=True)
+        # Only each prompt's last position feeds a loss (it predicts response token 0): keep
+        # the logits of those positions, not ``[u, P, vocab]``, which is large for real vocabularies.
+        keep, column = torch.unique(s.prompt_last, return_inverse=True)
+        first = model(input_ids=s.prompt_ids, attention_mask=s.prompt_mask, use_cache=True, logits_to_keep=keep)
         cache = first.past_key_values
         # [u, ...] -> [b, ...]: a differentiable gather, so each prompt's gradient is the sum
         # over its samples, as in the plain layout.
         cache.reorder_cache(s.owner)
-        rows = torch.arange(len(s.prompt_last), device=s.prompt_last.device)
-        head = first.logits[rows, s.prompt_last][s.owner]  # predicts response token 0
+        rows = torch.arange(len(column), device=column.device)
+        head = first.logits[rows, column][s.owner]
         rest = model(
             input_ids=s.response_inputs,
             attention_mask=s.attention_mask,
