@@ -119,10 +119,12 @@ def run_preset(args, preset: str, on_gpu: bool, peak: dict, variants, log) -> di
         result["learner"] = micro.learner_rate(
             w, n_params, prompt_tokens, phases.get("update", float("nan")),
             phases.get("logprobs", 0.0), peak["gflops"])
-        result["weight_sync"] = micro.weight_sync(preset, n_params, 2 if w.bf16 else 4, ray_summary)
+        main = runners[0]
+        ids = [main.trainer.train_ids[i] for i in range(w.prompts)]
+        log("  probe check: generate with and without the probe")
+        probe = micro.probe_cost(main.trainer.rollouts, ids, micro.w1_sampling(w), main.trainer.probe, repeats=5)
+        result["weight_sync"] = micro.weight_sync(preset, n_params, 2 if w.bf16 else 4, ray_summary, probe)
         if not args.no_micro:
-            main = runners[0]
-            ids = [main.trainer.train_ids[i] for i in range(w.prompts)]
             log("  engines: vLLM vs transformers")
             result["engines"] = micro.engines(rayppo_cfg, w, ids, main.trainer.rollouts, repeats=3)
             base = (w.prompts, w.completion_tokens)

@@ -41,7 +41,7 @@ def summarise(rows: list[dict]) -> dict:
             name: statistics.median(r["phases"].get(name, 0.0) for r in measured)
             for name in dict.fromkeys(phase_names)
         }
-    for key in ("sync/seconds", "sync/gather_seconds", "sync/load_seconds", "sync/probe_diff"):
+    for key in ("sync/seconds", "sync/gather_seconds", "sync/load_seconds", "sync/check_seconds", "sync/probe_diff"):
         values = [r[key] for r in measured if r.get(key) is not None]
         if values:
             out[key] = statistics.median(values)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Callable
 
 from benchmarks.compare import timed
@@ -60,11 +61,31 @@ def learner_rate(w: Workload, n_params: int, prompt_tokens: float, update_s: flo
     }
 
 
-def weight_sync(preset: str, n_params: int, bytes_per_param: int, summary: dict) -> dict:
-    """Seconds and GB/s of a learner -> engine sync (without the probe check), and the check."""
+def probe_cost(rollouts, prompt_ids: list[list[int]], sampling: Sampling, probe, repeats: int) -> dict:
+    """What the probe check adds to ``generate``: the same call with and without the probe
+    sequences, taken in turns; medians of each."""
+    plain, with_probe = [], []
+    rollouts.generate(prompt_ids, sampling, step=0, probe=probe)  # warm-up
+    for _ in range(repeats):
+        for times, p in ((plain, None), (with_probe, probe)):
+            start = time.perf_counter()
+            rollouts.generate(prompt_ids, sampling, step=0, probe=p)
+            times.append(time.perf_counter() - start)
+    a, b = statistics.median(plain), statistics.median(with_probe)
+    return {"generate_s": a, "generate_with_probe_s": b, "probe_in_generate_s": b - a}
+
+
+def weight_sync(preset: str, n_params: int, bytes_per_param: int, summary: dict,
+                probe: dict | None = None) -> dict:
+    """Seconds and GB/s of a learner -> engine sync, and what verifying it costs the step: the
+    sync phase, the probe's share of ``generate`` (``probe``, from :func:`probe_cost`) and the
+    wait for the learner's probe scores."""
     sync_s = summary.get("sync/seconds")
     phase_s = summary.get("phases_median_s", {}).get("sync")
+    check_s = summary.get("sync/check_seconds", 0.0)
+    in_generate = max(probe["probe_in_generate_s"], 0.0) if probe else None
     size_gb = n_params * bytes_per_param / 1e9
+    verified_s = phase_s + check_s + (in_generate or 0.0) if phase_s is not None else None
     return {
         "preset": preset,
         "params": n_params,
@@ -73,8 +94,11 @@ def weight_sync(preset: str, n_params: int, bytes_per_param: int, summary: dict)
         "gb_per_s": size_gb / sync_s if sync_s else None,
         "gather_s": summary.get("sync/gather_seconds"),
         "load_s": summary.get("sync/load_seconds"),
-        "sync_with_check_s": phase_s,
-        "fraction_of_step": phase_s / summary["median_s"] if phase_s else None,
+        "sync_phase_s": phase_s,
+        "check_s": check_s,
+        "probe_in_generate_s": in_generate,
+        "verified_sync_s": verified_s,
+        "fraction_of_step": verified_s / summary["median_s"] if verified_s is not None else None,
         "probe_diff": summary.get("sync/probe_diff"),
     }
 

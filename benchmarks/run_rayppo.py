@@ -79,7 +79,7 @@ class RayppoRunner:
         metrics = self.trainer.step()
         seconds = time.perf_counter() - start
         phases = {k[len("time/"):]: v for k, v in metrics.items() if k.startswith("time/")}
-        keep = ("sync/seconds", "sync/gather_seconds", "sync/load_seconds", "sync/probe_diff",
+        keep = ("sync/seconds", "sync/gather_seconds", "sync/load_seconds", "sync/check_seconds", "sync/probe_diff",
                 "reward/mean", "kl/mean", "actor/kl_loss", "response/length_mean")
         return {"seconds": seconds, "phases": phases, **{k: metrics[k] for k in keep if k in metrics}}
 

@@ -64,12 +64,13 @@ class LearnerGroup:
         return [x for part in ray.get(refs) for x in part]
 
     def policy_weights(self) -> ray.ObjectRef:
-        """An object-store reference to the full policy state dict (gathered on rank 0).
+        """An object-store reference to the full policy weights (gathered on rank 0), packed
+        by :func:`pipeline.weight_transport.pack`; ``unpack`` gives the state dict.
 
         Every rank must join the gather; only rank 0's (non-empty) result is kept, and it
         stays in the object store so engines fetch it without a copy through the driver.
         """
-        refs = [w.full_state_dict.remote("policy") for w in self.workers]
+        refs = [w.packed_policy.remote() for w in self.workers]
         if len(refs) > 1:
             ray.wait(refs[1:], num_returns=len(refs) - 1)
         return refs[0]

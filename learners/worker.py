@@ -21,6 +21,8 @@ from learners import losses
 from learners.batching import MicroBatch, Samples, at_positions, collate, pack_by_tokens, unpad
 from learners.models import load_critic, load_policy, resolve_dtype, shard
 from pipeline.config import RayppoConfig
+from pipeline import weight_transport
+from pipeline.cpu_allocator import keep_freed_memory
 
 # HF token-classification heads return a view; nothing here modifies model outputs in place,
 # which is the only case FSDP2's warning is about.
@@ -68,6 +70,8 @@ class LearnerWorker:
         cfg = self.cfg
         if not self.on_gpu:
             torch.set_num_threads(cfg.resources.torch_threads)
+            if cfg.resources.cpu_keep_freed_memory:
+                keep_freed_memory()
         torch.manual_seed(cfg.learner.seed + self.rank)
         if not dist.is_initialized():  # a caller may already have built the group
             dist.init_process_group(
@@ -316,6 +320,10 @@ class LearnerWorker:
             model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         return sd if self.rank == 0 else {}
+
+    def packed_policy(self):
+        """:meth:`full_state_dict` of the policy as object-store friendly arrays (collective)."""
+        return weight_transport.pack(self.full_state_dict("policy"))
 
     @torch.no_grad()
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[np.ndarray]:

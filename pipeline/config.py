@@ -272,6 +272,10 @@ class ResourcesConfig:
     """Interface the local Ray dashboard binds to. Keep it private unless you know why not."""
     torch_threads: int = 1
     """Intra-op threads per learner rank (CPU)."""
+    cpu_keep_freed_memory: bool = True
+    """CPU learner ranks and engines keep freed memory in their heap instead of returning it to
+    the kernel (glibc ``mallopt``), so each step reuses mapped pages instead of page-faulting
+    fresh ones. Costs resident memory that stays at the step's peak. No effect on GPU roles."""
     placement: str = "colocated"
     """How roles map to nodes. ``colocated``: one placement group (PACK) holds every learner rank
     and engine, so they share nodes and may share GPUs through fractional ``gpus_per_*``.

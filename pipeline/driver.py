@@ -17,7 +17,7 @@ from learners.batching import Samples
 from learners.models import model_dir_error
 from pipeline import advantage_step, data, rewards
 from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_config
-from pipeline.sync import ProbeBatch, make_probe, sync
+from pipeline.sync import PendingCheck, ProbeBatch, make_probe, settle, sync
 from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 from rollout_workers.types import RolloutBatch, Sampling
 
@@ -55,6 +55,7 @@ class Trainer:
             checkpoint.resolve(cfg.checkpoint.dir, cfg.checkpoint.resume) if cfg.checkpoint.resume else None
         )
         self.timers = PhaseTimers()
+        self.pending_check: Optional[PendingCheck] = None
         self.step_index = 0
         self.version = 0
         self.history: dict[str, float] = {}
@@ -106,7 +107,7 @@ class Trainer:
         t = self.timers
         with t.phase("generate"):
             prompt_rows = self.stream.next_batch()
-            rollout = self.rollouts.generate(
+            rollout, probe_metrics = self._generate(
                 [self.train_ids[i] for i in prompt_rows], self._sampling(), self.step_index
             )
         with t.phase("reward"):
@@ -124,7 +125,7 @@ class Trainer:
         self.step_index += 1
         with t.phase("sync"):
             sync_metrics = self._sync(check=self._verify_now())
-        return {**reward_metrics, **adv_metrics, **update_metrics, **sync_metrics, **t.pop()}
+        return {**probe_metrics, **reward_metrics, **adv_metrics, **update_metrics, **sync_metrics, **t.pop()}
 
     def _sampling(self) -> Sampling:
         rc = self.cfg.rollout
@@ -146,10 +147,22 @@ class Trainer:
         every = self.cfg.rollout.verify_every
         return every > 0 and self.step_index % every == 0
 
+    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> tuple[RolloutBatch, dict]:
+        """Generate; when the last sync's check is due, the engines score the probe in the same
+        call and it is settled here, before any sample is used (raises on a stale engine)."""
+        pending, self.pending_check = self.pending_check, None
+        probe = self.probe if pending is not None else None
+        rollout = self.rollouts.generate(prompt_ids, sampling, step, probe=probe)
+        if pending is None:
+            return rollout, {}
+        engines = len(self.rollouts.workers)
+        metrics = settle(self.learners, pending, rollout.probe_scores, engines, self.cfg.rollout.probe_tolerance)
+        return rollout, metrics
+
     def _sync(self, check: bool) -> dict[str, float]:
         self.version = self.step_index
-        rc = self.cfg.rollout
-        return sync(self.learners, self.rollouts, self.probe, rc.probe_tolerance, self.version, check)
+        metrics, self.pending_check = sync(self.learners, self.rollouts, self.probe, self.version, check)
+        return metrics
 
     def _score(self, rollout: RolloutBatch, rows: list, fn) -> tuple[np.ndarray, dict[str, float]]:
         prompts = [rows[i].prompt_text for i in rollout.prompt_index]
@@ -171,11 +184,11 @@ class Trainer:
         """Greedy accuracy (mean verifier score) on the held-out prompts."""
         with self.timers.phase("eval"):
             sampling = Sampling(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
-            rollout = self.rollouts.generate(self.eval_ids, sampling, step=0)
+            rollout, probe_metrics = self._generate(self.eval_ids, sampling, step=0)
             scores, _ = self._score(rollout, self.eval_rows, self.eval_fn)
         finite = scores[np.isfinite(scores)]
         accuracy = float(finite.mean()) if finite.size else float("nan")
-        return {"eval/accuracy": accuracy, **self.timers.pop()}
+        return {"eval/accuracy": accuracy, **probe_metrics, **self.timers.pop()}
 
     # -------------------------------------------------------------- train loop
     def train(self, on_step: Optional[StepCallback] = None) -> dict[str, float]:
@@ -183,8 +196,9 @@ class Trainer:
         step is logged and saved (``checkpoint_dir`` is ``None`` when the step saved nothing)."""
         cfg = self.cfg
         if self.step_index == 0:
-            self.history["eval_before"] = self.evaluate()["eval/accuracy"]
-            self.logger.log(0, {"eval/accuracy": self.history["eval_before"], **self.startup_sync})
+            before = self.evaluate()  # also settles the start-up sync's probe check
+            self.history["eval_before"] = before["eval/accuracy"]
+            self.logger.log(0, {**before, **self.startup_sync})
         last: dict[str, float] = {}
         phase_totals: dict[str, float] = {}
         while self.step_index < cfg.total_steps:

@@ -133,8 +133,10 @@ def verify_restored_weights(trainer, restored: dict[str, Any]) -> None:
     """Check the learner holds the restored checkpoint's policy; record its checksum."""
     import ray
 
+    from pipeline.weight_transport import unpack
+
     file_tensors, _ = checkpoint_policy(trainer.resume_dir)
-    held = ray.get(trainer.learners.policy_weights())
+    held = unpack(ray.get(trainer.learners.policy_weights()))
     restored["restore/policy_sha"] = policy_checksum(held, file_tensors)
     if restored["restore/policy_sha"] != restored["restore/checkpoint_sha"]:
         raise RuntimeError(

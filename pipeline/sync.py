@@ -1,17 +1,26 @@
 """Learner -> engine weight sync, verified on a fixed probe batch.
 
-After every sync each engine scores the same probe sequences teacher-forced, and the learner
+After a sync every engine scores the same probe sequences teacher-forced and the learner
 scores them too; if any engine's mean absolute logprob difference exceeds
-``rollout.probe_tolerance`` the step fails. A sync that silently did not take (a skipped
-call, a layer the engine failed to reload) therefore cannot poison training.
+``rollout.probe_tolerance`` the step fails before any of that engine's samples are used. A
+sync that silently did not take (a skipped call, a layer the engine failed to reload)
+therefore cannot poison training.
+
+The engines score the probe inside the next ``generate`` call, beside the real prompts: the
+same weights that sample the batch are the ones checked, the probe's few tokens share the
+batch's forward passes, and the sync itself is only gather, transfer and reload. The learner
+scores the probe right after the sync, while the engines reload and generate.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from rollout_workers.types import ProbeBatch
 
 
 class WeightSyncError(RuntimeError):
@@ -19,9 +28,11 @@ class WeightSyncError(RuntimeError):
 
 
 @dataclass
-class ProbeBatch:
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
+class PendingCheck:
+    """A sync whose probe check is still due: the learner's scores are being computed."""
+
+    version: int
+    learner_refs: list[Any]
 
 
 def make_probe(
@@ -56,15 +67,12 @@ def probe_difference(engine_scores: list[list[float]], learner_scores: list[np.n
     return float(np.mean(np.concatenate(diffs))) if diffs else 0.0
 
 
-def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int,
-           learner_scores: list[np.ndarray] | None = None) -> float:
-    """Largest engine-vs-learner mean |logprob difference|; raises above ``tolerance``.
-    ``learner_scores``: the learner's probe scores when already computed."""
-    if learner_scores is None:
-        learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
+def check_engines(engine_scores: list[list[list[float]]], learner_scores: list[np.ndarray],
+                  tolerance: float, version: int) -> float:
+    """Largest engine-vs-learner mean |logprob difference|; raises above ``tolerance``."""
     worst = 0.0
-    for engine_index, engine_scores in enumerate(rollouts.score(probe.prompt_ids, probe.response_ids)):
-        diff = probe_difference(engine_scores, learner_scores)
+    for engine_index, scores in enumerate(engine_scores):
+        diff = probe_difference(scores, learner_scores)
         worst = max(worst, diff)
         if not diff <= tolerance:
             raise WeightSyncError(
@@ -76,19 +84,43 @@ def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int
     return worst
 
 
-def sync(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int, check: bool) -> dict:
+def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int,
+           learner_scores: list[np.ndarray] | None = None) -> float:
+    """Check the engines now, with a separate scoring call (outside the step loop).
+    ``learner_scores``: the learner's probe scores when already computed."""
+    if learner_scores is None:
+        learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
+    engine_scores = rollouts.score(probe.prompt_ids, probe.response_ids)
+    return check_engines(engine_scores, learner_scores, tolerance, version)
+
+
+def sync(learners, rollouts, probe: ProbeBatch, version: int, check: bool) -> tuple[dict, PendingCheck | None]:
+    """Push the learner's weights to every engine. With ``check``, also start the learner's
+    probe scoring; the returned :class:`PendingCheck` is settled by :func:`settle` once the
+    engines have scored the probe in their next ``generate``."""
     start = time.perf_counter()
     state_ref = learners.policy_weights()
     gathered = time.perf_counter()
-    # The learner scores the probe (queued after its gather) while the engines reload.
-    pending = learners.score_refs(probe.prompt_ids, probe.response_ids) if check else None
+    pending = PendingCheck(version, learners.score_refs(probe.prompt_ids, probe.response_ids)) if check else None
     load_seconds = rollouts.load_weights(state_ref, version)
     metrics = {
         "sync/seconds": time.perf_counter() - start,
         "sync/gather_seconds": gathered - start,
         "sync/load_seconds": load_seconds,
     }
-    if check:
-        learner_scores = learners.gather_scores(pending)
-        metrics["sync/probe_diff"] = verify(learners, rollouts, probe, tolerance, version, learner_scores)
-    return metrics
+    return metrics, pending
+
+
+def settle(learners, pending: PendingCheck, engine_scores: list[list[list[float]]], engines: int,
+           tolerance: float) -> dict:
+    """Compare the probe scores of all ``engines`` (from their ``generate``) with the learner's;
+    raises :class:`WeightSyncError` on a mismatch or a missing engine, else returns metrics."""
+    start = time.perf_counter()
+    if len(engine_scores) != engines:
+        raise WeightSyncError(
+            f"{len(engine_scores)} of {engines} rollout engines scored the probe after weight sync "
+            f"to policy version {pending.version}; every engine must be checked"
+        )
+    learner_scores = learners.gather_scores(pending.learner_refs)
+    diff = check_engines(engine_scores, learner_scores, tolerance, pending.version)
+    return {"sync/probe_diff": diff, "sync/check_seconds": time.perf_counter() - start}

@@ -6,15 +6,21 @@ import time
 
 import numpy as np
 import ray
+import torch
 
+from pipeline import weight_transport
 from pipeline.config import RayppoConfig
-from rollout_workers.types import RolloutBatch, Sampling
+from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling
 
 
 class RolloutWorker:
     """One generation engine; the thin layer a Ray actor needs around it."""
 
-    def __init__(self, engine: str, model_path: str, **engine_kwargs):
+    def __init__(self, engine: str, model_path: str, keep_freed_memory: bool = False, **engine_kwargs):
+        if keep_freed_memory and not torch.cuda.is_available():
+            from pipeline.cpu_allocator import keep_freed_memory as apply
+
+            apply()
         if engine == "vllm":
             from rollout_workers.vllm_engine import VLLMEngine
 
@@ -26,15 +32,17 @@ class RolloutWorker:
         else:
             raise ValueError(f"rollout.engine: unknown engine {engine!r} (expected 'vllm' or 'hf')")
 
-    def generate(self, prompt_ids, sampling: Sampling, step: int, base_seed: int, offset: int) -> RolloutBatch:
-        return self.engine.generate(prompt_ids, sampling, step, base_seed, offset)
+    def generate(self, prompt_ids, sampling: Sampling, step: int, base_seed: int, offset: int,
+                 probe: ProbeBatch | None = None) -> RolloutBatch:
+        return self.engine.generate(prompt_ids, sampling, step, base_seed, offset, probe)
 
     def score(self, prompt_ids, response_ids) -> list[list[float]]:
         return self.engine.score(prompt_ids, response_ids)
 
     def load_weights(self, state_dict, version: int) -> float:
+        """``state_dict``: packed by :mod:`pipeline.weight_transport`, or a plain state dict."""
         start = time.perf_counter()
-        self.engine.load_weights(state_dict, version)
+        self.engine.load_weights(weight_transport.unpack(state_dict), version)
         return time.perf_counter() - start
 
     def version(self) -> int:
@@ -73,20 +81,27 @@ class RolloutGroup:
             else:
                 options = dict(num_cpus=res.cpus_per_rollout_worker, num_gpus=res.gpus_per_rollout_worker)
             options["runtime_env"] = {"env_vars": env}
-            self.workers.append(actor_cls.options(**options).remote(rc.engine, model_path, **kwargs))
+            self.workers.append(
+                actor_cls.options(**options).remote(
+                    rc.engine, model_path, res.cpu_keep_freed_memory, **kwargs
+                )
+            )
         ray.get([w.version.remote() for w in self.workers])  # surface start-up errors here
         self.base_seed = cfg.seed
 
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> RolloutBatch:
-        """Split prompts evenly among engines; seeds depend on the prompt, not the engine."""
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int,
+                 probe: ProbeBatch | None = None) -> RolloutBatch:
+        """Split prompts evenly among engines; seeds depend on the prompt, not the engine.
+        With ``probe``, every engine also scores it (``batch.probe_scores``, in engine order),
+        even one that gets no prompts: each engine's weights must be checked."""
         parts = np.array_split(np.arange(len(prompt_ids)), len(self.workers))
         refs, offsets = [], []
         for worker, part in zip(self.workers, parts):
-            if len(part) == 0:
+            if len(part) == 0 and probe is None:
                 continue
-            offset = int(part[0])
+            offset = int(part[0]) if len(part) else 0
             chunk = [prompt_ids[i] for i in part]
-            refs.append(worker.generate.remote(chunk, sampling, step, self.base_seed, offset))
+            refs.append(worker.generate.remote(chunk, sampling, step, self.base_seed, offset, probe))
             offsets.append(offset)
         batch = RolloutBatch()
         for offset, part in zip(offsets, ray.get(refs)):

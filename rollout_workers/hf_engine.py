@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rollout_workers.types import RolloutBatch, Sampling, sample_seed
+from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, sample_seed
 
 
 class HFEngine:
@@ -41,9 +41,17 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompt_ids: list[list[int]], sampling: Sampling, step: int, base_seed: int, offset: int = 0
+        self,
+        prompt_ids: list[list[int]],
+        sampling: Sampling,
+        step: int,
+        base_seed: int,
+        offset: int = 0,
+        probe: ProbeBatch | None = None,
     ) -> RolloutBatch:
         batch = RolloutBatch(policy_version=self.version)
+        if probe is not None:
+            batch.probe_scores = [self.score(probe.prompt_ids, probe.response_ids)]
         greedy = sampling.temperature == 0
         for i, ids in enumerate(prompt_ids):
             torch.manual_seed(sample_seed(base_seed, step, offset + i))

@@ -31,6 +31,9 @@ class RolloutBatch:
     finish_reasons: list[str] = field(default_factory=list)
     prompt_index: list[int] = field(default_factory=list)
     policy_version: int = 0
+    probe_scores: list[list[list[float]]] = field(default_factory=list)
+    """Weight-sync probe logprobs, one entry per engine that scored the probe in this call
+    (teacher-forced, no temperature; see :mod:`pipeline.sync`)."""
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -41,6 +44,15 @@ class RolloutBatch:
         self.response_logprobs += other.response_logprobs
         self.finish_reasons += other.finish_reasons
         self.prompt_index += [i + index_offset for i in other.prompt_index]
+        self.probe_scores += other.probe_scores
+
+
+@dataclass
+class ProbeBatch:
+    """Fixed sequences an engine scores teacher-forced to prove which weights it runs."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
 
 
 def sample_seed(base_seed: int, step: int, prompt_position: int) -> int:

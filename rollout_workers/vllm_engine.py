@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import torch
 
-from rollout_workers.types import RolloutBatch, Sampling, sample_seed
+from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, sample_seed
 
 
 class WeightSyncExtension:
@@ -117,8 +117,16 @@ class VLLMEngine:
         self._output_options = _fast_output_options(SamplingParams)
 
     def generate(
-        self, prompt_ids: list[list[int]], sampling: Sampling, step: int, base_seed: int, offset: int = 0
+        self,
+        prompt_ids: list[list[int]],
+        sampling: Sampling,
+        step: int,
+        base_seed: int,
+        offset: int = 0,
+        probe: ProbeBatch | None = None,
     ) -> RolloutBatch:
+        """Sample ``sampling.n`` completions per prompt. With ``probe``, the probe sequences are
+        scored in the same engine call (same weights, no extra round trip or batch)."""
         from vllm import SamplingParams
 
         params = [
@@ -135,8 +143,14 @@ class VLLMEngine:
             for i in range(len(prompt_ids))
         ]
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        if probe is not None:
+            probe_prompts, probe_params = self._probe_requests(probe)
+            prompts, params = prompts + probe_prompts, params + probe_params
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         batch = RolloutBatch(policy_version=self.version)
+        if probe is not None:
+            batch.probe_scores = [self._probe_scores(probe, outputs[len(prompt_ids) :])]
+            outputs = outputs[: len(prompt_ids)]
         for i, (ids, out) in enumerate(zip(prompt_ids, outputs)):
             for completion in out.outputs:
                 tokens = list(completion.token_ids)
@@ -148,18 +162,26 @@ class VLLMEngine:
                 batch.prompt_index.append(i)
         return batch
 
-    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-        """Teacher-forced logprobs of ``response_ids`` (the weight-sync probe)."""
+    def _probe_requests(self, probe: ProbeBatch) -> tuple[list[dict], list]:
+        """One request per probe sequence: prompt logprobs of prompt + response, one token out."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, **self._output_options)
-        prompts = [{"prompt_token_ids": p + r} for p, r in zip(prompt_ids, response_ids)]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        scores = []
-        for p, r, out in zip(prompt_ids, response_ids, outputs):
-            entries = out.prompt_logprobs[len(p) :]
-            scores.append(token_logprobs(r, entries))
-        return scores
+        prompts = [{"prompt_token_ids": p + r} for p, r in zip(probe.prompt_ids, probe.response_ids)]
+        return prompts, [params] * len(prompts)
+
+    @staticmethod
+    def _probe_scores(probe: ProbeBatch, outputs) -> list[list[float]]:
+        return [
+            token_logprobs(r, out.prompt_logprobs[len(p) :])
+            for p, r, out in zip(probe.prompt_ids, probe.response_ids, outputs)
+        ]
+
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced logprobs of ``response_ids`` (no temperature)."""
+        probe = ProbeBatch(prompt_ids, response_ids)
+        prompts, params = self._probe_requests(probe)
+        return self._probe_scores(probe, self.llm.generate(prompts, params, use_tqdm=False))
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         self.llm.collective_rpc("rayppo_load_weights", args=(list(state_dict.items()),))

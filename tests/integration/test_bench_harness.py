@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_rayppo_runner_alternates_and_reports(tiny_model, ray_session, tmp_path):
-    from benchmarks import report
+    from benchmarks import micro, report
     from benchmarks.compare import alternate
     from benchmarks.run_rayppo import RayppoRunner, rayppo_config
     from benchmarks.w1 import Workload, param_count, step_flops
@@ -27,6 +27,9 @@ def test_rayppo_runner_alternates_and_reports(tiny_model, ray_session, tmp_path)
             runner.name = name
             runners.append(runner)
         summaries = alternate(runners, warmup=1, steps=1, log=lambda _: None)
+        trainer = runners[0].trainer
+        ids = [trainer.train_ids[i] for i in range(w.prompts)]
+        probe = micro.probe_cost(trainer.rollouts, ids, micro.w1_sampling(w), trainer.probe, repeats=1)
     finally:
         for runner in runners:
             runner.close()
@@ -42,7 +45,12 @@ def test_rayppo_runner_alternates_and_reports(tiny_model, ray_session, tmp_path)
         assert summary["sync/probe_diff"] < 1e-3
         assert set(summary["phases_median_s"]) >= {"generate", "logprobs", "update", "sync"}
 
+    assert probe["generate_s"] > 0 and probe["generate_with_probe_s"] > 0
     n_params = param_count(tiny_model)
+    sync = micro.weight_sync("tiny", n_params, 4, summaries["rayppo"], probe)
+    # Verified sync = sync phase + the probe's share of generate + the wait for the learner.
+    assert sync["verified_sync_s"] >= summaries["rayppo"]["phases_median_s"]["sync"]
+    assert sync["fraction_of_step"] == pytest.approx(sync["verified_sync_s"] / summaries["rayppo"]["median_s"])
     flops = step_flops(w, n_params, prompt_tokens=10.0)
     assert flops["train"] == 3 * flops["reference"]
     results = {
@@ -56,9 +64,7 @@ def test_rayppo_runner_alternates_and_reports(tiny_model, ray_session, tmp_path)
             "rayppo_floor_multiple": summaries["rayppo"]["median_s"] / 0.01,
             "learner": {"train_tokens_per_s": 1.0, "update_gflops": 1.0, "mfu": 0.5,
                         "reference_tokens_per_s": None},
-            "weight_sync": {"preset": "tiny", "params": n_params, "size_gb": 0.001, "sync_s": 0.1,
-                            "gb_per_s": 0.01, "sync_with_check_s": 0.2, "fraction_of_step": 0.1,
-                            "probe_diff": 0.0},
+            "weight_sync": sync,
         }],
     }
     paths = report.write(results, str(tmp_path / "results"))

@@ -69,6 +69,7 @@ def test_vllm_reload_matches_transformers_after_weight_change(tiny_model, ray_se
     from transformers import AutoModelForCausalLM
 
     from rollout_workers.group import RolloutWorker
+    from rollout_workers.types import ProbeBatch, Sampling
 
     state = load_file(os.path.join(tiny_model, "model.safetensors"))
     generator = torch.Generator().manual_seed(0)
@@ -89,29 +90,46 @@ def test_vllm_reload_matches_transformers_after_weight_change(tiny_model, ray_se
             before = ray.get(engine.score.remote(prompts, responses))
             ray.get(engine.load_weights.remote(perturbed, 1))
             after = ray.get(engine.score.remote(prompts, responses))
+            # The pipeline's path: the probe is scored inside a generate call.
+            batch = ray.get(engine.generate.remote(
+                [[1, 4]], Sampling(n=2, max_tokens=3), 0, 0, 0, ProbeBatch(prompts, responses)
+            ))
         finally:
             ray.kill(engine)
         assert not np.allclose(np.concatenate(before), np.concatenate(expected), atol=1e-3)
         for got, want in zip(after, expected):
             np.testing.assert_allclose(got, want, atol=1e-4, err_msg=engine_name)
+        assert len(batch.response_ids) == 2 and len(batch.probe_scores) == 1
+        for got, want in zip(batch.probe_scores[0], expected):
+            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{engine_name} in generate")
 
 
 def test_two_rollout_workers_split_a_batch_like_one(tiny_model, ray_session, tmp_path, tiny_config):
     """Seeds depend on the prompt, not the engine: splitting among engines changes nothing."""
     from rollout_workers.group import RolloutGroup
-    from rollout_workers.types import Sampling
+    from rollout_workers.types import ProbeBatch, Sampling
 
     prompts = [[1, 5, 6, 7], [1, 9], [1, 10, 11], [1, 12], [1, 13, 14]]
     sampling = Sampling(n=3, temperature=1.0, max_tokens=5)
+    probe = ProbeBatch([[1, 5], [1, 9, 9]], [[6, 7], [8]])
     batches = []
     for workers in (2, 1):
         cfg = tiny_config(tiny_model, str(tmp_path), f"rollout.num_workers={workers}")
         group = RolloutGroup(cfg, tiny_model)
         try:
-            batches.append(group.generate(prompts, sampling, step=7))
+            batches.append(group.generate(prompts, sampling, step=7, probe=probe))
+            if workers == 2:
+                # More engines than prompts: the idle engine still scores the probe.
+                lone = group.generate(prompts[:1], sampling, step=7, probe=probe)
         finally:
             group.shutdown()
     split, single = batches
+    # Every engine scored the probe, all with the same (initial) weights.
+    assert len(split.probe_scores) == len(lone.probe_scores) == 2 and len(single.probe_scores) == 1
+    for scores in split.probe_scores + lone.probe_scores:
+        for got, want in zip(scores, single.probe_scores[0]):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len(lone.response_ids) == 3
     assert split.prompt_index == single.prompt_index == [i for i in range(5) for _ in range(3)]
     assert split.response_ids == single.response_ids
     np.testing.assert_allclose(

@@ -49,11 +49,14 @@ def test_two_rl_steps_update_weights(tiny_model, ray_session, tmp_path, advantag
     assert weights_changed(tiny_model, str(tmp_path / "policy")) > 0
     metrics = read_metrics(tmp_path)
     assert sorted(metrics) == [0, 1, 2]
+    # Every sync is checked in the next generate: the start-up one in the first evaluation
+    # (row 0), step 1's in step 2's rollout, step 2's in the final evaluation (row 2).
+    for step in (0, 2):
+        assert metrics[step]["sync/probe_diff"] <= cfg.rollout.probe_tolerance
     for step in (1, 2):
         row = metrics[step]
         assert np.isfinite(row["actor/grad_norm"]) and row["actor/grad_norm"] > 0
         assert np.isfinite(row["actor/pg_loss"])
-        assert row["sync/probe_diff"] <= cfg.rollout.probe_tolerance
         assert row["time/generate"] > 0 and row["time/update"] > 0
         if advantage == "gae":
             assert np.isfinite(row["critic/vf_loss"]) and row["critic/grad_norm"] > 0
@@ -75,12 +78,19 @@ def test_skipped_weight_sync_is_detected(tiny_model, ray_session, tmp_path, tiny
     try:
         real_load = trainer.rollouts.load_weights
         trainer.rollouts.load_weights = lambda state_ref, version: 0.0  # a sync that never lands
-        trainer._verify_now = lambda: False
-        trainer.step()
+        first = trainer.step()  # its rollout settles the (real) start-up sync; its own sync is lost
+        assert first["sync/probe_diff"] <= cfg.rollout.probe_tolerance
+        # The next rollout scores the probe with the stale weights: the step fails before any
+        # of its samples reach the learner.
+        with pytest.raises(WeightSyncError, match="probe_tolerance"):
+            trainer.step()
+        assert trainer.step_index == 1
+        # The stand-alone check sees the same.
         with pytest.raises(WeightSyncError, match="probe_tolerance"):
             verify(trainer.learners, trainer.rollouts, trainer.probe, cfg.rollout.probe_tolerance, 1)
         trainer.rollouts.load_weights = real_load
-        metrics = trainer._sync(check=True)
+        trainer._sync(check=True)
+        metrics = trainer.step()
         assert metrics["sync/probe_diff"] <= cfg.rollout.probe_tolerance
     finally:
         trainer.shutdown()

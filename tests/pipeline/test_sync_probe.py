@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import model_init
-from pipeline.sync import ProbeBatch, WeightSyncError, make_probe, probe_difference, verify
+from pipeline.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, probe_difference, settle, verify
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,35 @@ def test_verify_difference_equal_to_tolerance_passes_and_nan_fails():
     nan = [[np.nan, -2.0], [-0.5, -0.25, -3.0]]
     with pytest.raises(WeightSyncError, match="rollout engine 0"):
         verify(_Learners(LEARNER), _Rollouts([nan]), PROBE, tolerance=1.0, version=2)
+
+
+# ----------------------------------------------------------------------------- settle
+# The pipeline path: engines hand in their probe scores from ``generate``; the learner's
+# scores were started at sync time. (Real engines and learners: tests/integration.)
+class _PendingLearners:
+    def __init__(self, scores):
+        self.scores = scores
+        self.gathered = []
+
+    def gather_scores(self, refs):
+        self.gathered.append(refs)
+        return self.scores
+
+
+def test_settle_compares_every_engine_with_the_learner_scores_started_at_sync():
+    learners = _PendingLearners(LEARNER)
+    pending = PendingCheck(version=3, learner_refs=["ref0"])
+    engines = [[[-1.0, -2.0], [-0.5, -0.25, -3.0]], [[-1.0005, -2.0], [-0.5, -0.25, -3.001]]]
+    metrics = settle(learners, pending, engines, engines=2, tolerance=2e-3)
+    assert metrics["sync/probe_diff"] == pytest.approx(3e-4, rel=1e-6)
+    assert metrics["sync/check_seconds"] >= 0
+    assert learners.gathered == [["ref0"]]
+
+
+def test_settle_fails_for_a_stale_or_missing_engine():
+    good = [[-1.0, -2.0], [-0.5, -0.25, -3.0]]
+    stale = [[-1.5, -2.5], [-0.5, -0.25, -3.0]]
+    with pytest.raises(WeightSyncError, match="rollout engine 1 .*policy version 5"):
+        settle(_PendingLearners(LEARNER), PendingCheck(5, []), [good, stale], engines=2, tolerance=2e-3)
+    with pytest.raises(WeightSyncError, match="1 of 2 rollout engines scored the probe"):
+        settle(_PendingLearners(LEARNER), PendingCheck(5, []), [good], engines=2, tolerance=2e-3)
