@@ -100,6 +100,8 @@ def micro_tables(results: dict) -> list[str]:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["workloads"]:
         s = r["weight_sync"]
+        if "sync_phase_s" not in s:  # results written before the check moved into generate
+            s = {**s, "sync_phase_s": s.get("sync_with_check_s"), "probe_in_generate_s": None, "check_s": None}
         lines.append(f"| {s['preset']} | {_f(s['params'] / 1e6, 1)} | {_f(s['size_gb'], 3)} | {_f(s['sync_s'], 3)} "
                      f"| {_f(s['gb_per_s'], 2)} | {_f(s['sync_phase_s'], 3)} | {_f(s['probe_in_generate_s'], 3)} "
                      f"| {_f(s['check_s'], 3)} "

@@ -122,9 +122,11 @@ class RolloutConfig:
     """Skip CUDA-graph / compile warm-up: faster start, slower steady state."""
     probe_tolerance: float = 2e-3
     """Largest allowed mean absolute difference between engine and learner logprobs on the
-    probe batch after a weight sync; above it the step fails."""
+    probe batch after a weight sync. The engines score the probe in their next ``generate``, so
+    above it the next step (or evaluation) fails before any of its samples are used."""
     probe_size: int = 4
-    """Number of fixed probe sequences scored after each weight sync."""
+    """Number of fixed probe sequences checked after each weight sync (scored by every engine
+    beside its next batch of prompts, and by the learner)."""
     verify_every: int = 1
     """Verify the weight sync every this many syncs (1 = every step)."""
     torch_threads: int = 0

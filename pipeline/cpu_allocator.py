@@ -11,7 +11,6 @@ it works in any Ray worker whatever its environment.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -31,22 +30,18 @@ TRIM_THRESHOLD = 2**31 - 1
 
 def keep_freed_memory() -> bool:
     """Apply the settings above to this process's glibc allocator; ``False`` where there is
-    no glibc (macOS, musl) or it refuses, in which case nothing changed."""
-    name = ctypes.util.find_library("c")
+    no glibc (macOS, musl) or it refused one of them (logged with the refused ones)."""
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library, no lookup needed
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-            (_M_TOP_PAD, TOP_PAD),
-        )
-    )
-    if not ok:
-        log.warning("mallopt refused the CPU allocator settings; keeping glibc defaults")
-    return ok
+    settings = {
+        "M_MMAP_THRESHOLD": (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        "M_TOP_PAD": (_M_TOP_PAD, TOP_PAD),
+    }
+    refused = [name for name, (param, value) in settings.items() if mallopt(param, value) != 1]
+    if refused:
+        log.warning("mallopt refused %s; those keep glibc's defaults", ", ".join(refused))
+    return not refused

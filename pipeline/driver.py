@@ -24,6 +24,17 @@ from rollout_workers.types import RolloutBatch, Sampling
 StepCallback = Callable[[int, dict[str, float], Optional[str]], None]
 
 
+def merge_checks(step_metrics: dict[str, float], eval_metrics: dict[str, float]) -> dict[str, float]:
+    """A step's metrics with its evaluation's. Both may carry a settled probe check (the step's
+    generate checks the previous sync, the evaluation this step's): the worst difference and the
+    total wait are kept, so no check is lost from the log."""
+    merged = {**step_metrics, **eval_metrics}
+    for key, combine in (("sync/probe_diff", max), ("sync/check_seconds", lambda a, b: a + b)):
+        if key in step_metrics and key in eval_metrics:
+            merged[key] = combine(step_metrics[key], eval_metrics[key])
+    return merged
+
+
 class Trainer:
     def __init__(self, cfg: RayppoConfig):
         from transformers import AutoTokenizer
@@ -150,13 +161,17 @@ class Trainer:
     def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> tuple[RolloutBatch, dict]:
         """Generate; when the last sync's check is due, the engines score the probe in the same
         call and it is settled here, before any sample is used (raises on a stale engine)."""
-        pending, self.pending_check = self.pending_check, None
+        pending = self.pending_check
         probe = self.probe if pending is not None else None
         rollout = self.rollouts.generate(prompt_ids, sampling, step, probe=probe)
         if pending is None:
             return rollout, {}
         engines = len(self.rollouts.workers)
         metrics = settle(self.learners, pending, rollout.probe_scores, engines, self.cfg.rollout.probe_tolerance)
+        # Cleared only once passed: after a failure every generate checks again until a new
+        # sync replaces the pending check, so a caller that catches the error cannot go on
+        # sampling from stale weights.
+        self.pending_check = None
         return rollout, metrics
 
     def _sync(self, check: bool) -> dict[str, float]:
@@ -205,7 +220,7 @@ class Trainer:
             metrics = self.step()
             done = self.step_index >= cfg.total_steps
             if done or (cfg.eval_every and self.step_index % cfg.eval_every == 0):
-                metrics.update(self.evaluate())
+                metrics = merge_checks(metrics, self.evaluate())
             self.logger.log(self.step_index, metrics)
             for key, value in metrics.items():
                 if key.startswith("time/"):

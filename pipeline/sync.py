@@ -9,7 +9,7 @@ therefore cannot poison training.
 The engines score the probe inside the next ``generate`` call, beside the real prompts: the
 same weights that sample the batch are the ones checked, the probe's few tokens share the
 batch's forward passes, and the sync itself is only gather, transfer and reload. The learner
-scores the probe right after the sync, while the engines reload and generate.
+scores the probe just before it gathers its weights for the engines.
 """
 
 from __future__ import annotations
@@ -99,9 +99,12 @@ def sync(learners, rollouts, probe: ProbeBatch, version: int, check: bool) -> tu
     probe scoring; the returned :class:`PendingCheck` is settled by :func:`settle` once the
     engines have scored the probe in their next ``generate``."""
     start = time.perf_counter()
+    # The learner scores the probe first, then gathers: its actor runs calls in order and the
+    # engines' reload waits for the gathered weights, so the reload never competes with that
+    # forward for cores (on a shared CPU, overlapping them made the reload 3-4x slower).
+    pending = PendingCheck(version, learners.score_refs(probe.prompt_ids, probe.response_ids)) if check else None
     state_ref = learners.policy_weights()
     gathered = time.perf_counter()
-    pending = PendingCheck(version, learners.score_refs(probe.prompt_ids, probe.response_ids)) if check else None
     load_seconds = rollouts.load_weights(state_ref, version)
     metrics = {
         "sync/seconds": time.perf_counter() - start,

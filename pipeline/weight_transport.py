@@ -18,11 +18,21 @@ Packed = dict[str, tuple[np.ndarray, torch.dtype, tuple[int, ...]]]
 
 
 def pack(state_dict: dict[str, torch.Tensor]) -> Packed:
-    """``name -> (bytes as uint8 array, dtype, shape)``; the arrays share the tensors' memory."""
-    return {
-        name: (t.detach().contiguous().reshape(-1).view(torch.uint8).numpy(), t.dtype, tuple(t.shape))
-        for name, t in state_dict.items()
-    }
+    """``name -> (bytes as uint8 array, dtype, shape)``; the arrays share the tensors' memory.
+    Entries that are the same tensor (tied embeddings and LM head) share one array object, so
+    the object store holds and sends it once."""
+    packed: Packed = {}
+    arrays: dict[tuple, np.ndarray] = {}
+    for name, t in state_dict.items():
+        t = t.detach()
+        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        array = arrays.get(key) if key else None
+        if array is None:
+            array = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+            if key:
+                arrays[key] = array
+        packed[name] = (array, t.dtype, tuple(t.shape))
+    return packed
 
 
 def unpack(payload: Packed | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

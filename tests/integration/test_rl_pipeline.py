@@ -85,6 +85,10 @@ def test_skipped_weight_sync_is_detected(tiny_model, ray_session, tmp_path, tiny
         with pytest.raises(WeightSyncError, match="probe_tolerance"):
             trainer.step()
         assert trainer.step_index == 1
+        # A caught failure is not forgotten: the next step checks (and fails) again.
+        with pytest.raises(WeightSyncError, match="probe_tolerance"):
+            trainer.step()
+        assert trainer.step_index == 1
         # The stand-alone check sees the same.
         with pytest.raises(WeightSyncError, match="probe_tolerance"):
             verify(trainer.learners, trainer.rollouts, trainer.probe, cfg.rollout.probe_tolerance, 1)

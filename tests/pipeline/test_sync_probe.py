@@ -184,3 +184,14 @@ def test_settle_fails_for_a_stale_or_missing_engine():
         settle(_PendingLearners(LEARNER), PendingCheck(5, []), [good, stale], engines=2, tolerance=2e-3)
     with pytest.raises(WeightSyncError, match="1 of 2 rollout engines scored the probe"):
         settle(_PendingLearners(LEARNER), PendingCheck(5, []), [good], engines=2, tolerance=2e-3)
+
+
+def test_eval_check_merges_with_the_step_check_instead_of_replacing_it():
+    from pipeline.driver import merge_checks
+
+    step = {"sync/probe_diff": 2e-6, "sync/check_seconds": 0.5, "sync/seconds": 0.3}
+    evaluation = {"sync/probe_diff": 1e-6, "sync/check_seconds": 0.25, "eval/accuracy": 0.5}
+    merged = merge_checks(step, evaluation)
+    assert merged == {"sync/probe_diff": 2e-6, "sync/check_seconds": 0.75, "sync/seconds": 0.3,
+                      "eval/accuracy": 0.5}
+    assert merge_checks({"sync/seconds": 0.3}, evaluation)["sync/probe_diff"] == 1e-6

@@ -39,3 +39,17 @@ def test_pack_then_unpack_is_bit_exact_for_every_dtype_and_shape():
 def test_unpack_passes_a_plain_state_dict_through():
     sd = {"w": torch.ones(2)}
     assert unpack(sd)["w"] is sd["w"]
+
+
+def test_tied_weights_travel_once():
+    embed = torch.randn(16, 4)
+    sd = {"embed_tokens.weight": embed, "lm_head.weight": embed, "norm.weight": torch.ones(4)}
+    packed = pack(sd)
+    assert packed["embed_tokens.weight"][0] is packed["lm_head.weight"][0]
+    buffers = []
+    payload = pickle.dumps(packed, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 2  # out-of-band buffers: the shared embedding once, the norm once
+    restored = unpack(pickle.loads(payload, buffers=buffers))
+    assert torch.equal(restored["lm_head.weight"], embed) and torch.equal(restored["embed_tokens.weight"], embed)
+    # Equal values in separate tensors are not merged.
+    assert pack({"a": embed, "b": embed.clone()})["a"][0] is not pack({"a": embed, "b": embed.clone()})["b"][0]
