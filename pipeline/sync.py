@@ -84,12 +84,9 @@ def check_engines(engine_scores: list[list[list[float]]], learner_scores: list[n
     return worst
 
 
-def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int,
-           learner_scores: list[np.ndarray] | None = None) -> float:
-    """Check the engines now, with a separate scoring call (outside the step loop).
-    ``learner_scores``: the learner's probe scores when already computed."""
-    if learner_scores is None:
-        learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
+def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int) -> float:
+    """Check the engines now, with a separate scoring call (outside the step loop)."""
+    learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
     engine_scores = rollouts.score(probe.prompt_ids, probe.response_ids)
     return check_engines(engine_scores, learner_scores, tolerance, version)
 
