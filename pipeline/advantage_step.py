@@ -39,7 +39,7 @@ def compute(
     score_t = torch.as_tensor(scores, dtype=torch.float32)
     metrics: dict[str, float] = {}
 
-    # The current policy's logprobs: the learner's when computed, else the engine's, which the
+    # The sampling policy's logprobs: the learner's when computed, else the engine's, which the
     # verified weight sync guarantees are the same policy's within rollout.probe_tolerance.
     policy_lp = _pad(computed.get("old_logprobs", rollout.response_logprobs), width)
     kl = None
@@ -81,6 +81,10 @@ def compute(
     for key in ("old_logprobs", "ref_logprobs"):
         if key in computed:
             out[key] = computed[key]
+    if cfg.rollout.max_staleness > 0:
+        # Batches may come from an older policy than the learner's: the PPO ratio is taken
+        # against the policy that sampled them, whose logprobs the engine returned.
+        out["old_logprobs"] = [np.asarray(lp, dtype=np.float32) for lp in rollout.response_logprobs]
     metrics["advantage/mean"] = float(losses.masked_mean(advantages, mask))
     metrics["advantage/abs_mean"] = float(losses.masked_mean(advantages.abs(), mask))
     if "old_logprobs" in computed:

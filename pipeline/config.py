@@ -129,6 +129,13 @@ class RolloutConfig:
     beside its next batch of prompts, and by the learner)."""
     verify_every: int = 1
     """Verify the weight sync every this many syncs (1 = every step)."""
+    max_staleness: int = 0
+    """Policy versions a training batch may lag the learner. 0: each step generates its own
+    batch with the current weights, then trains on it (on-policy, exact). 1: the engines
+    generate the next step's batch while the learners train on this one, one version behind;
+    the PPO ratio is then taken against the engines' own (behaviour) logprobs, and in-flight
+    batches are saved with checkpoints so a resume continues exactly. Pays where engines and
+    learners have their own devices; on shared CPU cores they compete instead."""
     torch_threads: int = 0
     """Intra-op threads of each engine on CPU; 0 keeps Ray's default (the actor's CPU count).
     Generation and the learner phases run one after another, so an engine may use every core

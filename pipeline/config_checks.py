@@ -279,6 +279,10 @@ def _validate(cfg: RayppoConfig) -> None:
         errors.append(
             f"data.min_digits ({data.min_digits}) must be <= data.max_digits ({data.max_digits})"
         )
+    if ro.max_staleness not in (0, 1):
+        # The weight sync waits for the batch in flight, so a deeper queue would add staleness
+        # without adding overlap.
+        errors.append(f"rollout.max_staleness: must be 0 (on-policy) or 1 (one step ahead); got {ro.max_staleness!r}")
     if ro.num_workers > cfg.prompts_per_step:
         errors.append(
             f"rollout.num_workers ({ro.num_workers}) must not exceed prompts_per_step "

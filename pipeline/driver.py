@@ -8,6 +8,7 @@ The driver owns nothing heavy: engines live in :mod:`rollout_workers`, models an
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Callable, Optional
 
 import numpy as np
@@ -17,7 +18,8 @@ from learners.batching import Samples
 from learners.models import model_dir_error
 from pipeline import advantage_step, data, rewards
 from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_config
-from pipeline.sync import PendingCheck, ProbeBatch, make_probe, settle, sync
+from pipeline.inflight import InFlight, from_state, to_state
+from pipeline.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, settle, sync
 from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 from rollout_workers.types import RolloutBatch, Sampling
 
@@ -67,6 +69,7 @@ class Trainer:
         )
         self.timers = PhaseTimers()
         self.pending_check: Optional[PendingCheck] = None
+        self.inflight: deque[InFlight] = deque()
         self.step_index = 0
         self.version = 0
         self.history: dict[str, float] = {}
@@ -96,6 +99,12 @@ class Trainer:
             self.history = state.get("history", {})
             if state.get("config_hash") != config_hash(cfg):
                 print(f"note: resuming {self.resume_dir} with a changed config")
+            saved = state.get("inflight", [])
+            keep = saved[: cfg.rollout.max_staleness]
+            if len(saved) > len(keep):
+                print(f"note: rollout.max_staleness={cfg.rollout.max_staleness} drops "
+                      f"{len(saved) - len(keep)} batch(es) generated ahead before the checkpoint")
+            self.inflight.extend(from_state(entry) for entry in keep)
         os.makedirs(cfg.logging.dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.logging.dir, "config.yaml"))
         self.logger = MetricsLogger(
@@ -117,12 +126,12 @@ class Trainer:
     def step(self) -> dict[str, float]:
         t = self.timers
         with t.phase("generate"):
-            prompt_rows = self.stream.next_batch()
-            rollout, probe_metrics = self._generate(
-                [self.train_ids[i] for i in prompt_rows], self._sampling(), self.step_index
-            )
+            self._submit_ahead()
+            entry = self._next_batch()
+            rollout = entry.batch
+            probe_metrics = {**entry.metrics, "rollout/staleness": float(entry.step - rollout.policy_version)}
         with t.phase("reward"):
-            rows = [self.train_rows[i] for i in prompt_rows]
+            rows = [self.train_rows[i] for i in entry.rows]
             scores, reward_metrics = self._score(rollout, rows, self.reward_fn)
         samples = Samples(rollout.prompt_ids, rollout.response_ids, {})
         with t.phase("logprobs"):
@@ -149,6 +158,8 @@ class Trainer:
         )
 
     def _needs_old_logprobs(self) -> bool:
+        if self.cfg.rollout.max_staleness > 0:
+            return False  # the engines' logprobs are the behaviour policy's: those are the old ones
         lc = self.cfg.learner
         return lc.ppo_epochs * lc.mini_batches > 1 or (
             self.cfg.algorithm.kl_coef > 0 and self.cfg.algorithm.kl_mode == "reward"
@@ -158,21 +169,63 @@ class Trainer:
         every = self.cfg.rollout.verify_every
         return every > 0 and self.step_index % every == 0
 
+    def _submit_ahead(self) -> None:
+        """Keep ``rollout.max_staleness + 1`` training batches submitted: this step's, and the
+        ones the engines generate while it trains. A batch carries the sync check that is due
+        (its engines score the probe beside it) and is seeded by the step that trains on it."""
+        while len(self.inflight) <= self.cfg.rollout.max_staleness:
+            step = self.step_index + len(self.inflight)
+            rows = self.stream.next_batch()
+            check, self.pending_check = self.pending_check, None
+            submitted = self.rollouts.submit(
+                [self.train_ids[i] for i in rows], self._sampling(), step,
+                probe=self.probe if check is not None else None,
+            )
+            self.inflight.append(InFlight(step, rows, submitted, check))
+
+    def _next_batch(self) -> InFlight:
+        entry = self._settle(self.inflight[0])
+        self.inflight.popleft()
+        staleness = entry.step - entry.batch.policy_version
+        if not 0 <= staleness <= self.cfg.rollout.max_staleness:
+            raise RuntimeError(
+                f"step {entry.step} would train on a batch of policy version {entry.batch.policy_version}: "
+                f"outside rollout.max_staleness={self.cfg.rollout.max_staleness}"
+            )
+        return entry
+
     def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> tuple[RolloutBatch, dict]:
-        """Generate; when the last sync's check is due, the engines score the probe in the same
-        call and it is settled here, before any sample is used (raises on a stale engine)."""
-        pending = self.pending_check
-        probe = self.probe if pending is not None else None
-        rollout = self.rollouts.generate(prompt_ids, sampling, step, probe=probe)
-        if pending is None:
-            return rollout, {}
+        """Generate now (evaluation). Queued on the engines after any batch already in flight,
+        and checked like a training batch when a sync check is due."""
+        check, self.pending_check = self.pending_check, None
+        probe = self.probe if check is not None else None
+        entry = self._settle(InFlight(step, [], self.rollouts.submit(prompt_ids, sampling, step, probe=probe), check))
+        return entry.batch, entry.metrics
+
+    def _settle(self, entry: InFlight) -> InFlight:
+        """Wait for ``entry``'s batch and settle its sync check: raises on a stale engine before
+        any of its samples is used."""
+        if entry.batch is None:
+            entry.batch = self.rollouts.collect(entry.submitted)
+            entry.submitted = None
+        if entry.check is None:
+            return entry
         engines = len(self.rollouts.workers)
-        metrics = settle(self.learners, pending, rollout.probe_scores, engines, self.cfg.rollout.probe_tolerance)
-        # Cleared only once passed: after a failure every generate checks again until a new
-        # sync replaces the pending check, so a caller that catches the error cannot go on
-        # sampling from stale weights.
-        self.pending_check = None
-        return rollout, metrics
+        try:
+            entry.metrics = settle(
+                self.learners, entry.check, entry.batch.probe_scores, engines, self.cfg.rollout.probe_tolerance
+            )
+        except WeightSyncError:
+            # Nothing sampled since is trained on, and the newest check stays due: every later
+            # generate checks again until a new sync replaces it, so a caller that catches the
+            # error cannot go on sampling from stale weights.
+            checks = [e.check for e in (*self.inflight, entry) if e.check is not None]
+            if self.pending_check is None:
+                self.pending_check = max(checks, key=lambda c: c.version)
+            self.inflight.clear()
+            raise
+        entry.check = None
+        return entry
 
     def _sync(self, check: bool) -> dict[str, float]:
         self.version = self.step_index
@@ -241,6 +294,9 @@ class Trainer:
     def save(self) -> str:
         cfg = self.cfg
         os.makedirs(cfg.checkpoint.dir, exist_ok=True)
+        # Batches generated ahead are saved as generated (and checked): the weights that
+        # sampled them are not in the checkpoint, so a resume could not reproduce them.
+        inflight = [to_state(self._settle(entry)) for entry in self.inflight]
         tmp = checkpoint.begin(cfg.checkpoint.dir, self.step_index)
         self.learners.save(tmp, cfg.model.path)
         state = {
@@ -249,6 +305,7 @@ class Trainer:
             "data": self.stream.state_dict(),
             "config_hash": config_hash(cfg),
             "history": self.history,
+            "inflight": inflight,
         }
         return checkpoint.commit(cfg.checkpoint.dir, self.step_index, tmp, state, cfg.checkpoint.keep_last)
 

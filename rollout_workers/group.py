@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -64,6 +65,14 @@ def engine_kwargs(cfg: RayppoConfig) -> dict:
     )
 
 
+@dataclass
+class Submitted:
+    """A ``generate`` in flight on the engines: one result per engine that got work."""
+
+    refs: list = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+
 class RolloutGroup:
     """Driver-side handle on ``rollout.num_workers`` engine actors."""
 
@@ -94,17 +103,28 @@ class RolloutGroup:
         """Split prompts evenly among engines; seeds depend on the prompt, not the engine.
         With ``probe``, every engine also scores it (``batch.probe_scores``, in engine order),
         even one that gets no prompts: each engine's weights must be checked."""
+        return self.collect(self.submit(prompt_ids, sampling, step, probe))
+
+    def submit(self, prompt_ids: list[list[int]], sampling: Sampling, step: int,
+               probe: ProbeBatch | None = None) -> Submitted:
+        """Start :meth:`generate` and return at once; :meth:`collect` waits for the batch.
+        Each engine runs its calls in order, so a weight load issued after this call reaches
+        the engine only once this batch is generated."""
         parts = np.array_split(np.arange(len(prompt_ids)), len(self.workers))
-        refs, offsets = [], []
+        submitted = Submitted()
         for worker, part in zip(self.workers, parts):
             if len(part) == 0 and probe is None:
                 continue
             offset = int(part[0]) if len(part) else 0
             chunk = [prompt_ids[i] for i in part]
-            refs.append(worker.generate.remote(chunk, sampling, step, self.base_seed, offset, probe))
-            offsets.append(offset)
+            submitted.refs.append(worker.generate.remote(chunk, sampling, step, self.base_seed, offset, probe))
+            submitted.offsets.append(offset)
+        return submitted
+
+    @staticmethod
+    def collect(submitted: Submitted) -> RolloutBatch:
         batch = RolloutBatch()
-        for offset, part in zip(offsets, ray.get(refs)):
+        for offset, part in zip(submitted.offsets, ray.get(submitted.refs)):
             batch.extend(part, offset)
             batch.policy_version = part.policy_version
         return batch

@@ -196,6 +196,23 @@ def test_kl_mean_is_masked_mean_of_k3():
     )
 
 
+def test_stale_batches_take_the_ratio_against_the_engines_logprobs():
+    # One step ahead, the sampling policy is the engine's: its logprobs become the PPO "old"
+    # logprobs, and the reference KL is measured from the same sampling policy.
+    cfg = _cfg("algorithm.advantage=grpo", "rollout.max_staleness=1")
+    _, ref = _kl_inputs()
+    rollout = _rollout()
+    out, metrics = advantage_step.compute(cfg, rollout, np.array([1.0, 0.0, 2.0, 5.0]), {"ref_logprobs": _arrays(ref)})
+    _assert_rows(out["old_logprobs"], rollout.response_logprobs)
+    assert all(row.dtype == np.float32 for row in out["old_logprobs"])
+    d = np.concatenate([np.subtract(r, o) for o, r in zip(rollout.response_logprobs, ref)])
+    assert metrics["kl/mean"] == pytest.approx((np.exp(d) - d - 1.0).mean(), rel=1e-5)
+    assert "rollout/logprob_diff" not in metrics
+    # On-policy the learner's update takes its own (detached) logprobs: nothing is added.
+    fresh, _ = advantage_step.compute(_cfg("algorithm.advantage=grpo"), rollout, np.array([1.0, 0.0, 2.0, 5.0]), {})
+    assert "old_logprobs" not in fresh
+
+
 def test_kl_mean_ignores_nan_scored_samples():
     cfg = _cfg("algorithm.advantage=grpo")
     old, ref = _kl_inputs()

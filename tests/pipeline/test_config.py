@@ -138,6 +138,8 @@ def test_type_errors(overrides, field):
         (["algorithm.kl_coef=-1"], r"algorithm\.kl_coef"),
         (["algorithm.entropy_coef=-0.01"], r"algorithm\.entropy_coef"),
         (["rollout.temperature=0"], r"rollout\.temperature"),
+        (["rollout.max_staleness=2"], r"rollout\.max_staleness: must be 0 \(on-policy\) or 1"),
+        (["rollout.max_staleness=-1"], r"rollout\.max_staleness"),
         (["rollout.top_p=1.5"], r"rollout\.top_p"),
         (["rollout.probe_tolerance=0"], r"rollout\.probe_tolerance"),
         (["rollout.gpu_memory_utilization=0"], r"rollout\.gpu_memory_utilization"),
