@@ -81,3 +81,19 @@ def test_one_step_ahead_still_refuses_a_sync_that_did_not_land(tiny_model, ray_s
         assert metrics["rollout/staleness"] == 0.0
     finally:
         trainer.shutdown()
+
+
+def test_one_step_ahead_with_a_critic_and_the_transformers_engine(tiny_model, ray_session, tmp_path, tiny_config):
+    cfg = tiny_config(
+        tiny_model, str(tmp_path), "total_steps=3", "rollout.max_staleness=1", "rollout.engine=hf",
+        "algorithm.advantage=gae", "reward.function=tests.integration.reward_fns:digit_fraction",
+    )
+    run(cfg)
+    metrics = read_metrics(tmp_path)
+    assert [metrics[s]["rollout/staleness"] for s in (1, 2, 3)] == [0.0, 1.0, 1.0]
+    for step in (2, 3):
+        assert metrics[step]["critic/grad_norm"] > 0 and metrics[step]["actor/approx_kl"] > 0
+    # A sync's check is settled with the batch submitted after it, logged by the step that
+    # trains on that batch: step 1's sync with step 3's batch (and the last one by the final
+    # evaluation, merged into the same row).
+    assert metrics[3]["sync/probe_diff"] <= cfg.rollout.probe_tolerance
