@@ -127,9 +127,8 @@ class Trainer:
         t = self.timers
         with t.phase("generate"):
             self._submit_ahead()
-            entry = self._next_batch()
+            entry, probe_metrics = self._next_batch()
             rollout = entry.batch
-            probe_metrics = {**entry.metrics, "rollout/staleness": float(entry.step - rollout.policy_version)}
         with t.phase("reward"):
             rows = [self.train_rows[i] for i in entry.rows]
             scores, reward_metrics = self._score(rollout, rows, self.reward_fn)
@@ -183,7 +182,8 @@ class Trainer:
             )
             self.inflight.append(InFlight(step, rows, submitted, check))
 
-    def _next_batch(self) -> InFlight:
+    def _next_batch(self) -> tuple[InFlight, dict[str, float]]:
+        """This step's batch, checked, with its check's metrics and its staleness."""
         entry = self._settle(self.inflight[0])
         self.inflight.popleft()
         staleness = entry.step - entry.batch.policy_version
@@ -192,7 +192,7 @@ class Trainer:
                 f"step {entry.step} would train on a batch of policy version {entry.batch.policy_version}: "
                 f"outside rollout.max_staleness={self.cfg.rollout.max_staleness}"
             )
-        return entry
+        return entry, {**entry.metrics, "rollout/staleness": float(staleness)}
 
     def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> tuple[RolloutBatch, dict]:
         """Generate now (evaluation). Queued on the engines after any batch already in flight,
