@@ -173,14 +173,16 @@ class Trainer:
         ones the engines generate while it trains. A batch carries the sync check that is due
         (its engines score the probe beside it) and is seeded by the step that trains on it."""
         while len(self.inflight) <= self.cfg.rollout.max_staleness:
-            step = self.step_index + len(self.inflight)
             rows = self.stream.next_batch()
-            check, self.pending_check = self.pending_check, None
-            submitted = self.rollouts.submit(
-                [self.train_ids[i] for i in rows], self._sampling(), step,
-                probe=self.probe if check is not None else None,
-            )
-            self.inflight.append(InFlight(step, rows, submitted, check))
+            step = self.step_index + len(self.inflight)
+            self.inflight.append(self._submit([self.train_ids[i] for i in rows], self._sampling(), step, rows))
+
+    def _submit(self, prompt_ids: list[list[int]], sampling: Sampling, step: int, rows: list[int]) -> InFlight:
+        """Submit a generate that carries the sync check now due, if any (the engines score the
+        probe beside the prompts)."""
+        check, self.pending_check = self.pending_check, None
+        probe = self.probe if check is not None else None
+        return InFlight(step, rows, self.rollouts.submit(prompt_ids, sampling, step, probe=probe), check)
 
     def _next_batch(self) -> tuple[InFlight, dict[str, float]]:
         """This step's batch, checked, with its check's metrics and its staleness."""
@@ -197,9 +199,7 @@ class Trainer:
     def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> tuple[RolloutBatch, dict]:
         """Generate now (evaluation). Queued on the engines after any batch already in flight,
         and checked like a training batch when a sync check is due."""
-        check, self.pending_check = self.pending_check, None
-        probe = self.probe if check is not None else None
-        entry = self._settle(InFlight(step, [], self.rollouts.submit(prompt_ids, sampling, step, probe=probe), check))
+        entry = self._settle(self._submit(prompt_ids, sampling, step, rows=[]))
         return entry.batch, entry.metrics
 
     def _settle(self, entry: InFlight) -> InFlight:
