@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from learners import cpu_linear, losses
+from learners import losses
 from learners.batching import MicroBatch, Samples, at_positions, collate, pack_by_tokens, unpad
 from learners.models import load_critic, load_policy, resolve_dtype, shard
 from pipeline.config import RayppoConfig
@@ -95,13 +95,10 @@ class LearnerWorker:
                 self.critic, cfg.learner.critic_lr
             )
         n_params = sum(p.numel() for p in self.policy.parameters())
-        kernel = "cuda" if self.on_gpu else cpu_linear.resolve(cfg.learner.cpu_linear)
-        return {"policy_params": n_params, "device": str(self.device), "linear_kernel": kernel}
+        return {"policy_params": n_params, "device": str(self.device)}
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)
-        if not self.on_gpu and cpu_linear.resolve(self.cfg.learner.cpu_linear) == "onednn":
-            cpu_linear.use_onednn(model)
         alone_on_cpu = self.world_size == 1 and not self.on_gpu
         if alone_on_cpu and not self.cfg.learner.fsdp_single_rank:
             # Nothing to shard or reduce across; gradients and optimizer steps are the same.

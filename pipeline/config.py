@@ -182,11 +182,6 @@ class LearnerConfig:
     the same maths without FSDP2's per-layer all-gather/reduce-scatter copies (on W1-cpu the
     difference was within run-to-run noise). On GPU, and with several ranks, FSDP2 is always
     used: it also carries the bf16 mixed-precision policy."""
-    cpu_linear: str = "auto"
-    """Kernel of the fp32 linear layers of CPU learner ranks: ``onednn`` (oneDNN, PyTorch's own
-    CPU kernel library), ``torch`` (``F.linear``, MKL's sgemm) or ``auto`` (oneDNN on AMD CPUs,
-    where MKL's kernels were measured 20-35% slower on the learner's shapes; MKL elsewhere).
-    Same maths up to float summation order; GPU ranks are not affected."""
     seed: int = 0
     """Seed of the learner (dropout-free models make it matter only for ties)."""
 

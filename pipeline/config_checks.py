@@ -145,7 +145,6 @@ _ENUMS: dict[str, tuple] = {
     "model.dtype": ("auto", "float32", "bfloat16"),
     "data.task": (None, "arithmetic", "countdown"),
     "rollout.engine": ("vllm", "hf"),
-    "learner.cpu_linear": ("auto", "onednn", "torch"),
     "algorithm.advantage": ("gae", "grpo", "rloo", "reinforce_pp"),
     "algorithm.kl_mode": ("loss", "reward"),
     "algorithm.kl_estimator": ("k1", "k2", "k3"),

@@ -69,10 +69,9 @@ def test_micro_batch_size_does_not_change_the_update(model_dir, process_group):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def _two_rank_update(rank: int, port: int, model_dir: str, out_dir: str, kernel: str) -> None:
+def _two_rank_update(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    worker = make_worker(model_dir, "learner.lr=1e-3", "learner.num_ranks=2", f"learner.cpu_linear={kernel}",
-                         rank=rank, world=2, port=port)
+    worker = make_worker(model_dir, "learner.lr=1e-3", "learner.num_ranks=2", rank=rank, world=2, port=port)
     mine = samples([1.0, -0.5, 0.25, -1.0]).subset([0, 1] if rank == 0 else [2, 3])
     worker.update(mine)
     scores = worker.score(PROMPTS, RESPONSES)
@@ -82,15 +81,11 @@ def _two_rank_update(rank: int, port: int, model_dir: str, out_dir: str, kernel:
 
 
 def test_two_ranks_match_one_rank(model_dir, process_group, tmp_path):
-    """The same batch split over two FSDP2 ranks gives the single-rank update, also when the
-    ranks run their linear layers in oneDNN and the single rank in ``F.linear``."""
-    from learners.cpu_linear import onednn_available
-
-    kernel = "onednn" if onednn_available() else "torch"
-    single = make_worker(model_dir, "learner.lr=1e-3", "learner.cpu_linear=torch")
+    """The same batch split over two FSDP2 ranks gives the single-rank update."""
+    single = make_worker(model_dir, "learner.lr=1e-3")
     single.update(samples([1.0, -0.5, 0.25, -1.0]))
     expected = np.concatenate(single.score(PROMPTS, RESPONSES))
     mp.start_processes(
-        _two_rank_update, args=(free_port(), model_dir, str(tmp_path), kernel), nprocs=2, start_method="spawn"
+        _two_rank_update, args=(free_port(), model_dir, str(tmp_path)), nprocs=2, start_method="spawn"
     )
     np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, atol=2e-5)
