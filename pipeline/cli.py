@@ -1,38 +1,49 @@
-"""``rayppo COMMAND CONFIG [key=value ...]``: each command is parse -> build -> run -> clean up."""
+"""``rayppo COMMAND ...``: each command is parse -> build -> run -> clean up.
+
+Most commands take ``CONFIG [key=value ...]`` (a YAML run config and overrides); a command that
+needs other arguments (a model directory, a rater's name) declares them in its entry of
+:data:`COMMANDS`. The work lives in the roles; a handler here is a few lines.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from pipeline.config import load_config
 
-COMMANDS = {
-    "init-model": "build a small model and tokenizer locally (init.*)",
-    "sft": "supervised warm start on reference answers (sft.*), Ray Train + FSDP2",
-    "train": "RL: vLLM rollout actors + FSDP2 learner group",
-    "eval": "greedy accuracy of model.path on the held-out prompts",
-    "all": "init-model and sft unless their outputs exist, then train; times each stage",
-    "sweep": "Ray Tune search over tune.search_space, each trial a whole run (--resume continues one)",
-}
+
+@dataclass
+class Command:
+    """One ``rayppo`` command."""
+
+    help: str
+    run: Callable[[argparse.Namespace], None]
+    """Called with the parsed arguments; ``args.cfg`` is the loaded config when ``takes_config``."""
+    takes_config: bool = True
+    """``CONFIG [key=value ...]`` are the first arguments."""
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
+    """Adds the command's own flags (and positionals) to its parser."""
 
 
-def cmd_init_model(cfg) -> None:
+def cmd_init_model(args) -> None:
     from pipeline.model_init import init_model
 
-    print(f"init-model: wrote {init_model(cfg.init, cfg.data)}")
+    print(f"init-model: wrote {init_model(args.cfg.init, args.cfg.data)}")
 
 
-def cmd_sft(cfg) -> None:
+def cmd_sft(args) -> None:
     from pipeline.sft import run_sft
 
-    run_sft(cfg)
+    run_sft(args.cfg)
 
 
-def cmd_train(cfg) -> None:
+def cmd_train(args) -> None:
     from pipeline.driver import Trainer
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(args.cfg)
     try:
         trainer.setup()
         trainer.train()
@@ -40,9 +51,10 @@ def cmd_train(cfg) -> None:
         trainer.shutdown()
 
 
-def cmd_eval(cfg) -> None:
+def cmd_eval(args) -> None:
     from pipeline.driver import Trainer
 
+    cfg = args.cfg
     cfg.algorithm.kl_coef = 0.0
     trainer = Trainer(cfg)
     try:
@@ -52,18 +64,23 @@ def cmd_eval(cfg) -> None:
         trainer.shutdown()
 
 
-def cmd_sweep(cfg, resume: bool = False) -> None:
+def cmd_sweep(args) -> None:
     from pipeline.sweep import run_sweep
 
-    run_sweep(cfg, resume=resume)
+    run_sweep(args.cfg, resume=args.resume)
 
 
-def cmd_all(cfg) -> None:
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this config")
+
+
+def cmd_all(args) -> None:
     import os
     import time
 
     from pipeline.tracking import format_table
 
+    cfg = args.cfg
     stages = []
     for name, output, run in (
         ("init-model", cfg.init.output_dir, cmd_init_model),
@@ -75,47 +92,68 @@ def cmd_all(cfg) -> None:
             stages.append((name, "skipped"))
             continue
         start = time.perf_counter()
-        run(cfg)
+        run(args)
         stages.append((name, f"{time.perf_counter() - start:.1f}"))
     print(format_table(stages, ("stage", "wall seconds")))
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+COMMANDS: dict[str, Command] = {
+    "init-model": Command("build a small model and tokenizer locally (init.*)", cmd_init_model),
+    "sft": Command("supervised warm start on reference answers (sft.*), Ray Train + FSDP2", cmd_sft),
+    "train": Command("RL: vLLM rollout actors + FSDP2 learner group", cmd_train),
+    "eval": Command("greedy accuracy of model.path on the held-out prompts", cmd_eval),
+    "all": Command("init-model and sft unless their outputs exist, then train; times each stage", cmd_all),
+    "sweep": Command(
+        "Ray Tune search over tune.search_space, each trial a whole run (--resume continues one)",
+        cmd_sweep,
+        add_arguments=_sweep_arguments,
+    ),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayppo",
         description="RL fine-tuning of LLM chat models on Ray (vLLM rollouts, FSDP2 learners).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {k:<11} {v}" for k, v in COMMANDS.items()),
+        epilog="commands:\n" + "\n".join(f"  {k:<13} {v.help}" for k, v in COMMANDS.items())
+        + "\n\n`rayppo COMMAND -h` shows a command's arguments.",
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("config", help="YAML config file (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="section.field=value overrides")
-    parser.add_argument(
-        "--resume", action="store_true", help="sweep: continue the interrupted sweep of this config"
-    )
-    args = parser.parse_intermixed_args(argv)
-    if args.resume and args.command != "sweep":
-        parser.error("--resume applies to 'sweep' only (training resumes with checkpoint.resume=latest)")
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command's arguments (``args.command`` names it)."""
+    top = _top_parser()
+    # The command alone picks the parser, so each command has flags of its own.
+    name = top.parse_args(argv[:1]).command
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"rayppo {name}", description=command.help)
+    if command.takes_config:
+        parser.add_argument("config", help="YAML config file (see configs/)")
+        parser.add_argument("overrides", nargs="*", help="section.field=value overrides")
+    if command.add_arguments is not None:
+        command.add_arguments(parser)
+    try:
+        args = parser.parse_intermixed_args(argv[1:])
+    except TypeError:  # a parser with sub-commands cannot mix positionals and flags
+        args = parser.parse_args(argv[1:])
+    args.command = name
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS[args.command]
+    if command.takes_config:
+        try:
+            args.cfg = load_config(args.config, args.overrides)
+        except ValueError as err:
+            print(f"rayppo: config error: {err}", file=sys.stderr)
+            return 2
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ValueError as err:
-        print(f"rayppo: config error: {err}", file=sys.stderr)
-        return 2
-    handler = {
-        "init-model": cmd_init_model,
-        "sft": cmd_sft,
-        "train": cmd_train,
-        "eval": cmd_eval,
-        "all": cmd_all,
-        "sweep": lambda c: cmd_sweep(c, resume=args.resume),
-    }
-    try:
-        handler[args.command](cfg)
+        command.run(args)
     except ValueError as err:
         print(f"rayppo {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -92,6 +92,11 @@ class DataConfig:
     """Row key holding a chat as a list of ``{"role", "content"}`` messages (used if present)."""
     answer_key: str = "answer"
     """Row key holding the reference answer passed to the reward function (optional)."""
+    reference_key: str = "references"
+    """Row key holding reference replies (a string or a list of strings; optional): what
+    similarity rewards (BLEU, chrF, ROUGE) and evaluation compare completions with."""
+    metadata_key: str = "metadata"
+    """Row key holding a free-form object handed to reward sources and environments (optional)."""
     max_prompt_tokens: int = 64
     """Prompts longer than this (after the chat template) are rejected with their row number."""
 

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from pipeline import tasks
@@ -23,6 +23,10 @@ class PromptRow:
     messages: list[dict]
     answer: str | None
     source: str
+    references: list[str] = field(default_factory=list)
+    """Reference replies (similarity rewards, evaluation); empty when the row has none."""
+    metadata: dict = field(default_factory=dict)
+    """Free-form per-row data handed to reward sources and environments unchanged."""
 
     @property
     def prompt_text(self) -> str:
@@ -72,8 +76,25 @@ def _check_messages(messages: Any, where: str, key: str) -> list[dict]:
     return checked
 
 
+def _references(value: Any, where: str, key: str) -> list[str]:
+    """A row's reference replies: one string or a list of strings; absent is no reference."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{where}: {key!r} must be a string or a list of strings, got {value!r:.80}")
+    return list(items)
+
+
 def _to_prompt_row(
-    row: Any, path: str, number: int, prompt_key: str, messages_key: str, answer_key: str
+    row: Any,
+    path: str,
+    number: int,
+    prompt_key: str,
+    messages_key: str,
+    answer_key: str,
+    reference_key: str = "references",
+    metadata_key: str = "metadata",
 ) -> PromptRow:
     where = f"{path}: row {number}"
     if not isinstance(row, dict):
@@ -89,7 +110,15 @@ def _to_prompt_row(
     else:
         raise ValueError(f"{where}: missing {prompt_key!r} or {messages_key!r}")
     answer = _answer_text(row.get(answer_key), where, answer_key)
-    return PromptRow(messages=messages, answer=answer, source=f"{path}:row {number}")
+    references = _references(row.get(reference_key), where, reference_key)
+    metadata = row.get(metadata_key)
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise ValueError(f"{where}: {metadata_key!r} must be an object, got {type(metadata).__name__}")
+    return PromptRow(
+        messages=messages, answer=answer, source=f"{path}:row {number}", references=references, metadata=metadata
+    )
 
 
 def _read_jsonl(path: str) -> Iterable[tuple[int, Any]]:
@@ -143,7 +172,12 @@ def _read_saved_dataset(path: str) -> Iterable[tuple[int, Any]]:
 
 
 def load_rows(
-    path: str, prompt_key: str = "prompt", messages_key: str = "messages", answer_key: str = "answer"
+    path: str,
+    prompt_key: str = "prompt",
+    messages_key: str = "messages",
+    answer_key: str = "answer",
+    reference_key: str = "references",
+    metadata_key: str = "metadata",
 ) -> list[PromptRow]:
     """Prompt rows of a ``.jsonl``, ``.json`` or ``.parquet`` file or a ``save_to_disk`` directory."""
     path = os.fspath(path)
@@ -162,7 +196,7 @@ def load_rows(
             f"{path}: unknown prompt file type; use .jsonl, .json, .parquet or a save_to_disk directory"
         )
     return [
-        _to_prompt_row(row, path, number, prompt_key, messages_key, answer_key)
+        _to_prompt_row(row, path, number, prompt_key, messages_key, answer_key, reference_key, metadata_key)
         for number, row in raw
     ]
 
@@ -184,7 +218,14 @@ def _load_files(paths: list[str], data_cfg) -> list[PromptRow]:
     rows: list[PromptRow] = []
     for path in paths:
         rows.extend(
-            load_rows(path, data_cfg.prompt_key, data_cfg.messages_key, data_cfg.answer_key)
+            load_rows(
+                path,
+                data_cfg.prompt_key,
+                data_cfg.messages_key,
+                data_cfg.answer_key,
+                data_cfg.reference_key,
+                data_cfg.metadata_key,
+            )
         )
     return rows
 

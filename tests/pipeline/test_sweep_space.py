@@ -155,7 +155,7 @@ def test_cli_sweep_flags_and_early_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse(["train", "c.yaml", "--resume"])
     assert exit_info.value.code == 2
-    assert "--resume applies to 'sweep' only" in capsys.readouterr().err
+    assert "unrecognized arguments: --resume" in capsys.readouterr().err
 
     path = save_config(load_config(None, [f"storage_path={tmp_path}", "tune.name=nothing"]), tmp_path / "c.yaml")
     assert main(["sweep", path, "--resume"]) == 2  # fails before Ray starts

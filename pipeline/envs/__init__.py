@@ -1,0 +1,1 @@
+"""Dialogue environments, simulated users and the built-in chat and memory tasks."""
