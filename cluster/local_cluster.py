@@ -247,6 +247,44 @@ def _wait_for(cluster: LocalCluster, count: int, timeout_s: float) -> None:
     raise RuntimeError(f"{seen} of {count} nodes alive after {timeout_s:g} s; logs in {cluster.temp_dir}")
 
 
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def raylet_pid(cluster: LocalCluster, name: str) -> int:
+    """The pid of node ``name``'s raylet (killing it is how a node is lost)."""
+    proc = next((p for p in cluster.processes if p["name"] == name and _alive(p["pid"], p["start_time"])), None)
+    if proc is None:
+        raise ValueError(f"no running node named {name!r}")
+    for pid, _ in _descendants(proc["pid"]):
+        if "/raylet" in _command_line(pid).split(" ", 1)[0]:
+            return pid
+    raise ValueError(f"node {name!r} has no raylet process")
+
+
+def add_node(cluster: LocalCluster, spec: NodeSpec, timeout_s: float = 90.0) -> dict:
+    """Start one more node (e.g. a replacement for a lost one) and wait until it is alive."""
+    known = {n["node_id"] for n in cluster.nodes()}
+    proc = _start_node(cluster, spec, head=False, env=cluster.client_env())
+    cluster.processes.append(proc)
+    cluster.save()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(proc["pid"], proc["start_time"]):
+            raise RuntimeError(f"node {spec.name} exited while starting; see {cluster.temp_dir}/{spec.name}.log")
+        try:
+            if any(n["node_id"] not in known for n in cluster.nodes()):
+                return proc
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"node {spec.name} not alive after {timeout_s:g} s; logs in {cluster.temp_dir}")
+
+
 def stop(cluster: LocalCluster, grace_s: float = 15.0) -> None:
     """End the cluster's own processes: SIGTERM to each ``ray start --block`` (which shuts its
     node down), then SIGKILL to anything of theirs still running after ``grace_s``."""

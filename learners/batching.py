@@ -2,7 +2,9 @@
 
 Invariant: logprobs, values and advantages are per *response* token; prompt tokens never
 carry loss. A response token at sequence position ``p + t`` is predicted by the logits at
-position ``p + t - 1`` (``p`` = prompt length).
+position ``p + t - 1`` (``p`` = prompt length). In a multi-turn response the tokens the
+environment appended carry no loss either: ``loss_mask`` is 0 there, and every loss, KL,
+entropy and value term counts only where it is 1.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class Samples:
     response_ids: list[list[int]]
     extras: dict[str, list[np.ndarray]]
     """Per-response-token float arrays (old_logprobs, advantages, returns, ...)."""
+    loss_masks: Optional[list] = None
+    """Per-response-token 0/1 (multi-turn: 0 on environment tokens); ``None``: all ones."""
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -31,7 +35,20 @@ class Samples:
             [self.prompt_ids[i] for i in index],
             [self.response_ids[i] for i in index],
             {k: [v[i] for i in index] for k, v in self.extras.items()},
+            None if self.loss_masks is None else [self.loss_masks[i] for i in index],
         )
+
+    def loss_tokens(self) -> int:
+        """Response tokens that carry loss."""
+        if self.loss_masks is None:
+            return sum(len(r) for r in self.response_ids)
+        return int(sum(np.count_nonzero(m) for m in self.loss_masks))
+
+    def loss_sequences(self) -> int:
+        """Samples with at least one token that carries loss."""
+        if self.loss_masks is None:
+            return sum(1 for r in self.response_ids if len(r))
+        return sum(1 for m in self.loss_masks if np.count_nonzero(m))
 
 
 def split_evenly(n: int, parts: int) -> list[list[int]]:
@@ -92,10 +109,17 @@ class MicroBatch:
     attention_mask: torch.Tensor  # [b, L]
     positions: torch.Tensor  # [b, R] logits positions predicting each response token
     response_ids: torch.Tensor  # [b, R]
-    response_mask: torch.Tensor  # [b, R] float
+    response_mask: torch.Tensor  # [b, R] float: 1 on every response token
     extras: dict[str, torch.Tensor]  # [b, R] each
     shared: Optional[SharedPrompts] = None
     """The prompt-once layout, when asked for (``collate(..., share=True)``)."""
+    loss_mask: Optional[torch.Tensor] = None
+    """``[b, R]`` float, 1 on the response tokens that carry loss (the policy's own); 0 on
+    padding and on environment tokens. Equals ``response_mask`` for single-turn samples."""
+
+    def __post_init__(self):
+        if self.loss_mask is None:
+            self.loss_mask = self.response_mask
 
 
 def share_prompts(samples: Samples, response_ids: torch.Tensor, pad_id: int) -> SharedPrompts:
@@ -140,6 +164,7 @@ def collate(samples: Samples, pad_id: int, device: torch.device, share: bool = F
     response_ids = torch.full((b, resp_longest), pad_id, dtype=torch.long)
     response_mask = torch.zeros((b, resp_longest), dtype=torch.float32)
     extras = {k: torch.zeros((b, resp_longest), dtype=torch.float32) for k in samples.extras}
+    loss_mask = None if samples.loss_masks is None else torch.zeros((b, resp_longest), dtype=torch.float32)
     for i, (prompt, response) in enumerate(zip(samples.prompt_ids, samples.response_ids)):
         seq = prompt + response
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -151,6 +176,11 @@ def collate(samples: Samples, pad_id: int, device: torch.device, share: bool = F
             response_mask[i, :r] = 1.0
         for k, values in samples.extras.items():
             extras[k][i, :r] = torch.tensor(np.asarray(values[i][:r], dtype=np.float32))
+        if loss_mask is not None:
+            row = np.asarray(samples.loss_masks[i], dtype=np.float32)
+            if len(row) != r:
+                raise ValueError(f"sample {i}: loss mask has {len(row)} entries for {r} response tokens")
+            loss_mask[i, :r] = torch.from_numpy(row)
     shared = None
     if share:
         layout = share_prompts(samples, response_ids, pad_id)
@@ -163,6 +193,7 @@ def collate(samples: Samples, pad_id: int, device: torch.device, share: bool = F
         response_mask.to(device),
         {k: v.to(device) for k, v in extras.items()},
         shared,
+        None if loss_mask is None else loss_mask.to(device),
     )
 
 

@@ -177,8 +177,27 @@ def _prune(root: str, newest: int, keep_last: int) -> None:
         shutil.rmtree(step_dir(root, old), ignore_errors=True)
 
 
-def resolve(root: str, resume: str) -> str:
-    """The checkpoint directory named by ``checkpoint.resume`` (``latest`` or a path)."""
+def latest(root: str) -> Optional[str]:
+    """The checkpoint ``latest`` points at, or ``None`` when ``root`` has none yet. A
+    ``latest`` that points at no complete checkpoint is an error: starting over would
+    silently discard the run."""
+    link = os.path.join(root, "latest")
+    if not os.path.lexists(link):
+        return None
+    if not os.path.exists(os.path.join(link, "state.json")):
+        raise ValueError(
+            f"checkpoint.resume='auto': {link} points at "
+            f"{os.readlink(link) if os.path.islink(link) else link!r}, which is not a complete "
+            f"checkpoint (no state.json); remove the link to start over or name a checkpoint"
+        )
+    return os.path.realpath(link)
+
+
+def resolve(root: str, resume: str) -> Optional[str]:
+    """The checkpoint directory named by ``checkpoint.resume`` (``latest``, a path, or
+    ``auto``: ``latest`` if there is one, else ``None``)."""
+    if resume == "auto":
+        return latest(root)
     path = os.path.join(root, "latest") if resume == "latest" else resume
     if not os.path.exists(os.path.join(path, "state.json")):
         raise ValueError(

@@ -8,6 +8,7 @@ all ranks call it together, and each rank runs the same number of forward/backwa
 
 from __future__ import annotations
 
+import datetime
 import math
 import socket
 import warnings
@@ -21,7 +22,7 @@ from learners import losses
 from learners.batching import MicroBatch, Samples, at_positions, collate, pack_by_tokens, unpad
 from learners.models import load_critic, load_policy, resolve_dtype, shard
 from pipeline.config import RayppoConfig
-from pipeline import weight_transport
+from pipeline import fault_injection, weight_transport
 from pipeline.cpu_allocator import keep_freed_memory
 
 # HF token-classification heads return a view; nothing here modifies model outputs in place,
@@ -79,6 +80,8 @@ class LearnerWorker:
                 init_method=f"tcp://{master_addr}:{master_port}",
                 rank=self.rank,
                 world_size=self.world_size,
+                # A collective whose peer died fails after this instead of blocking for good.
+                timeout=datetime.timedelta(seconds=cfg.resources.learner_timeout_s),
             )
         path = policy_path or cfg.model.path
         dtype = resolve_dtype(cfg.model.dtype, self.on_gpu)
@@ -204,6 +207,7 @@ class LearnerWorker:
     # ------------------------------------------------------------------ update
     def update(self, samples: Samples) -> dict[str, float]:
         """``ppo_epochs`` x ``mini_batches`` optimizer steps on this rank's samples."""
+        fault_injection.point("learner.update", rank=self.rank, optimizer_steps=self.optimizer_steps)
         lc = self.cfg.learner
         stats: dict[str, list[float]] = {}
         order = list(range(len(samples)))
@@ -231,15 +235,15 @@ class LearnerWorker:
         """
         algo = self.algo
         by_sequence = algo.loss_agg == "seq_mean_token_mean"
-        local_tokens = float(sum(len(r) for r in mini.response_ids))
-        local_units = float(len(mini)) if by_sequence else local_tokens
+        # Units count only what carries loss (multi-turn: not the environment's tokens).
+        local_units = float(mini.loss_sequences() if by_sequence else mini.loss_tokens())
         global_units = max(self._global(local_units), 1.0)
         plan = self._plan(mini, self.cfg.learner.micro_batch_tokens)
         fallback = mini.subset([0]) if len(mini) else self._placeholder(UPDATE_KEYS)
         totals: dict[str, float] = {}
         for index in plan:
             mb, weight = self._micro(mini, index, fallback)
-            units = (mb.response_mask.any(-1).sum() if by_sequence else mb.response_mask.sum()).item()
+            units = (mb.loss_mask.any(-1).sum() if by_sequence else mb.loss_mask.sum()).item()
             scale = weight * units / global_units * self.world_size
             stats = self._micro_loss(mb, scale)
             for key, value in stats.items():
@@ -249,7 +253,7 @@ class LearnerWorker:
         return metrics
 
     def _micro_loss(self, mb: MicroBatch, scale: float) -> dict[str, float]:
-        algo, mask, x = self.algo, mb.response_mask, mb.extras
+        algo, mask, x = self.algo, mb.loss_mask, mb.extras
         need_entropy = algo.entropy_coef > 0
         logprobs, entropy = self._response_logprobs(self.policy, mb, with_entropy=need_entropy)
         # Without a stored old policy (one epoch, one mini-batch) the sampling policy *is* the

@@ -40,6 +40,24 @@ def cmd_sft(args) -> None:
     run_sft(args.cfg)
 
 
+def cmd_rm(args) -> None:
+    from pipeline.rm import run_rm
+
+    run_rm(args.cfg)
+
+
+def cmd_rlhf_report(args) -> None:
+    from pipeline.chat_report import run_report
+
+    run_report(args.cfg, output=args.output, samples=args.samples, limit=args.limit)
+
+
+def _rlhf_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=int, default=4, help="sampled replies per held-out prompt (default 4)")
+    parser.add_argument("--limit", type=int, help="use only the first N held-out prompts")
+    parser.add_argument("--output", help="JSON report path (default: logging.dir/rlhf_report.json)")
+
+
 def cmd_train(args) -> None:
     from pipeline.driver import Trainer
 
@@ -52,16 +70,22 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from pipeline.driver import Trainer
+    from pipeline.evaluate import run_eval
 
-    cfg = args.cfg
-    cfg.algorithm.kl_coef = 0.0
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
-        print(f"eval: accuracy {trainer.evaluate()['eval/accuracy']:.3f} on {len(trainer.eval_ids)} prompts")
-    finally:
-        trainer.shutdown()
+    run_eval(args.cfg, against=args.against, output=args.output, by=args.by, limit=args.limit)
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--against", help="a second model (HF dir) to compare model.path with")
+    parser.add_argument("--by", help="reward source the win rate is judged by (default: the first judge or model source)")
+    parser.add_argument("--output", help="JSON report path (default: logging.dir/eval.json)")
+    parser.add_argument("--limit", type=int, help="score only the first N held-out prompts")
+
+
+def cmd_serve_reward(args) -> None:
+    from pipeline.rewards.server import serve
+
+    serve(args.cfg)
 
 
 def cmd_sweep(args) -> None:
@@ -97,16 +121,59 @@ def cmd_all(args) -> None:
     print(format_table(stages, ("stage", "wall seconds")))
 
 
+def cmd_chat(args) -> None:
+    from pipeline.chat import run
+
+    run(args)
+
+
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.chat import add_arguments
+
+    add_arguments(parser)
+
+
+def cmd_feedback(args) -> None:
+    from pipeline.feedback.cli import run
+
+    run(args)
+
+
+def _feedback_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.feedback.cli import add_arguments
+
+    add_arguments(parser)
+
+
 COMMANDS: dict[str, Command] = {
     "init-model": Command("build a small model and tokenizer locally (init.*)", cmd_init_model),
-    "sft": Command("supervised warm start on reference answers (sft.*), Ray Train + FSDP2", cmd_sft),
+    "sft": Command("supervised fine-tuning on conversations or reference answers (sft.*), Ray Train + FSDP2", cmd_sft),
+    "rm": Command("reward model from preference pairs (rm.*), Ray Train + FSDP2", cmd_rm),
+    "rlhf-report": Command(
+        "SFT vs RL policy on held-out prompts: gold, RM, BLEU/ROUGE-L, KL, length, RM-vs-gold over steps",
+        cmd_rlhf_report, add_arguments=_rlhf_report_arguments,
+    ),
     "train": Command("RL: vLLM rollout actors + FSDP2 learner group", cmd_train),
-    "eval": Command("greedy accuracy of model.path on the held-out prompts", cmd_eval),
+    "eval": Command(
+        "score model.path (and --against OTHER: win rate, 95% CI) on held-out prompts with every reward source",
+        cmd_eval, add_arguments=_eval_arguments,
+    ),
+    "serve-reward": Command(
+        "serve reward.sources over HTTP (reward.server.*: 127.0.0.1, bearer token)", cmd_serve_reward,
+    ),
     "all": Command("init-model and sft unless their outputs exist, then train; times each stage", cmd_all),
     "sweep": Command(
         "Ray Tune search over tune.search_space, each trial a whole run (--resume continues one)",
         cmd_sweep,
         add_arguments=_sweep_arguments,
+    ),
+    "chat": Command(
+        "chat in the terminal with a model, export or checkpoint (streamed; /reset /system /save)",
+        cmd_chat, takes_config=False, add_arguments=_chat_arguments,
+    ),
+    "feedback": Command(
+        "human feedback app: serve | add-rater | add-tasks | export | stats",
+        cmd_feedback, takes_config=False, add_arguments=_feedback_arguments,
     ),
 }
 

@@ -28,7 +28,10 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
+from pipeline.chat_config import MonitorsConfig, RMConfig
 from pipeline.config_checks import _coerce, _hints, _is_section, _short, _validate
+from pipeline.envs.config import EnvConfig
+from pipeline.rewards.config import RewardConfig
 from pipeline.tune_config import TuneConfig
 
 
@@ -71,7 +74,10 @@ class DataConfig:
     """Where prompts come from."""
 
     task: Optional[str] = "arithmetic"
-    """Built-in seeded task generator (``arithmetic`` or ``countdown``); ``None`` to use files."""
+    """Built-in seeded task generator (``arithmetic``, ``countdown``, or ``support``: the
+    support-assistant chat task with a hidden gold rule, see ``docs/chat-rlhf.md``, or
+    ``memory``: the multi-turn memory task, see ``docs/multiturn.md``); ``None`` to
+    use files."""
     train_files: list[str] = field(default_factory=list)
     """JSONL / Parquet files or ``datasets.save_to_disk`` directories of training prompts."""
     eval_files: list[str] = field(default_factory=list)
@@ -224,18 +230,6 @@ class AlgorithmConfig:
 
 
 @dataclass
-class RewardConfig:
-    """How completions are scored."""
-
-    function: str = "builtin"
-    """``builtin`` (the task's verifier) or an import path ``package.module:function`` called
-    as ``fn(prompt: str, completion: str, answer) -> float``."""
-    eval_function: Optional[str] = None
-    """Scores held-out completions (``eval/accuracy``); ``None`` = same as ``function``. Lets
-    training use a shaped reward while evaluation stays exact-match."""
-
-
-@dataclass
 class CheckpointConfig:
     """Atomic checkpoints and resume."""
 
@@ -244,7 +238,8 @@ class CheckpointConfig:
     every_steps: int = 10
     """Save every this many RL steps (and always at the end); 0 = only at the end."""
     resume: Optional[str] = None
-    """``latest`` or a checkpoint directory to continue from; ``None`` starts fresh."""
+    """``latest`` or a checkpoint directory to continue from; ``auto``: ``latest`` when there is
+    a complete checkpoint, else start fresh (what a retried job wants); ``None`` starts fresh."""
     keep_last: int = 2
     """Older checkpoints beyond this many are deleted after a successful save."""
     export_dir: Optional[str] = "runs/debug/policy"
@@ -266,6 +261,12 @@ class LoggingConfig:
     together."""
     progress_bar: bool = True
     """Show a progress bar on stderr."""
+    sample_every: int = 0
+    """Every this many steps, write the step's samples (prompt, completion, reward) to
+    ``samples.jsonl`` in ``dir``: what ``rayppo feedback add-tasks --from-run`` turns into items
+    for raters. 0 writes none."""
+    sample_prompts: int = 4
+    """Prompts per logged step; all ``rollout.n_samples`` samples of each are written."""
 
 
 @dataclass
@@ -310,12 +311,26 @@ class ResourcesConfig:
     ``None`` lets Ray pack them."""
     placement_timeout_s: float = 120.0
     """Seconds to wait for a placement group the cluster can hold but has not freed yet (busy
-    nodes, autoscaling) before failing with what was asked and what is free."""
+    nodes, autoscaling) before failing with what was asked and what is free; also how long a
+    replacement for a lost engine or learner group waits for its bundles (after a node loss)."""
+    max_engine_restarts: int = 3
+    """Rollout engines that may be lost (and replaced) in one run before it stops; -1: no limit."""
+    max_failures: int = 3
+    """Learner-group failures (a dead rank or node, a hung collective) the run recovers from by
+    restarting the group from the last checkpoint (from the start without one); 0: none, -1: no
+    limit. Ray Train's ``FailureConfig.max_failures``, counted per driver process."""
+    engine_timeout_s: float = 600.0
+    """Longest an engine call (generate, weight load, probe scoring) may take; an engine that
+    does not answer in time is treated as lost: killed and replaced."""
+    learner_timeout_s: float = 1800.0
+    """Longest a learner-group call (compute, update, save, ...) may take, also the process
+    group's collective timeout: past it the group counts as failed (``max_failures``)."""
 
 
 @dataclass
 class SFTConfig:
-    """``rayppo sft``: supervised warm start on reference answers (Ray Train + FSDP2)."""
+    """``rayppo sft``: supervised warm start on conversations or reference answers (Ray Train +
+    FSDP2). The loss covers every assistant turn, end-of-turn token included."""
 
     base_path: str = "runs/debug/base"
     """Model the SFT starts from (HF dir or hub id)."""
@@ -333,6 +348,22 @@ class SFTConfig:
     """Linear warm-up steps."""
     num_examples: int = 2000
     """Training examples drawn from the task / train files."""
+    train_files: list[str] = field(default_factory=list)
+    """Conversation files (``{"messages": [...]}`` with one or more assistant turns, or
+    prompt/answer rows; keys ``data.messages_key`` / ``prompt_key`` / ``answer_key``). Empty: the
+    task's demonstrations (``data.task: support``) or the prompt rows' answers."""
+    eval_files: list[str] = field(default_factory=list)
+    """Held-out conversations whose loss is reported; empty: the support task's held-out
+    demonstrations, else none."""
+    max_length: int = 512
+    """Conversations longer than this many tokens are cut to it (counted when that happens)."""
+    eval_every: int = 0
+    """Report the held-out loss every this many steps (0: only at the end)."""
+    log_dir: Optional[str] = None
+    """Directory of the stage's ``metrics.jsonl`` (and W&B run); ``None``: no metrics file."""
+    adam_beta2: float = 0.999
+    """AdamW's second-moment decay. 0.95 adapts faster to the sudden loss drops of small models
+    learning to copy (the support task's SFT uses it)."""
 
 
 @dataclass
@@ -364,7 +395,7 @@ class RayppoConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     """Advantage estimator and loss."""
     reward: RewardConfig = field(default_factory=RewardConfig)
-    """Reward function."""
+    """Reward sources and their weighted sum (``docs/rewards.md``); the reward server."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoints, resume and the final export."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -378,6 +409,12 @@ class RayppoConfig:
     trials under ``storage_path/<tune.name>``."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """``rayppo sweep``: the search space, metric and scheduler."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Multi-turn dialogue: the environment (``env.class``), conversation limits, the LLM user."""
+    rm: RMConfig = field(default_factory=RMConfig)
+    """``rayppo rm``: the reward model trained on preference pairs."""
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    """Reward-hacking monitors of ``rayppo train`` (warn, optionally stop)."""
 
     def validate(self) -> "RayppoConfig":
         """Check types, ranges and cross-field consistency; raise ``ValueError`` naming the field.
@@ -411,7 +448,7 @@ def _all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
 def _unknown_key(key: Any, cls: type, prefix: str) -> ValueError:
     key = str(key)
     dotted = f"{prefix}.{key}" if prefix else key
-    valid = list(_hints(cls))
+    valid = list(_hints(cls)) + list(getattr(cls, "_yaml_aliases", {}))
     close = difflib.get_close_matches(key, valid, n=1)
     if close:
         hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
@@ -434,11 +471,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             f"{prefix}: expected a mapping of {cls.__name__} keys, got {_short(raw)}"
         )
     hints = _hints(cls)
+    aliases = getattr(cls, "_yaml_aliases", {})  # YAML keys that are Python keywords (env.class)
+    shown = {field_name: yaml_key for yaml_key, field_name in aliases.items()}
     kwargs = {}
     for key, value in raw.items():
+        key = aliases.get(key, key)
         if key not in hints:
             raise _unknown_key(key, cls, prefix)
-        dotted = f"{prefix}.{key}" if prefix else key
+        dotted = f"{prefix}.{shown.get(key, key)}" if prefix else key
         hint = hints[key]
         kwargs[key] = _build(hint, value, dotted) if _is_section(hint) else _coerce(value, hint, dotted)
     return cls(**kwargs)
@@ -469,6 +509,7 @@ def _apply_override(raw: dict, item: Any) -> None:
     for i, part in enumerate(parts):
         prefix = ".".join(parts[:i])
         hints = _hints(cls)
+        part = getattr(cls, "_yaml_aliases", {}).get(part, part)
         if part not in hints:
             raise _unknown_key(part, cls, prefix)
         hint = hints[part]

@@ -22,6 +22,8 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any
 
+from pipeline.envs.config import env_errors
+
 if TYPE_CHECKING:
     from pipeline.config import RayppoConfig
 
@@ -143,7 +145,7 @@ _ENUMS: dict[str, tuple] = {
     "init.architecture": ("qwen2", "llama"),
     "init.preset": ("tiny", "debug", "small", "0.5b"),
     "model.dtype": ("auto", "float32", "bfloat16"),
-    "data.task": (None, "arithmetic", "countdown"),
+    "data.task": (None, "arithmetic", "countdown", "support", "memory"),
     "rollout.engine": ("vllm", "hf"),
     "algorithm.advantage": ("gae", "grpo", "rloo", "reinforce_pp"),
     "algorithm.kl_mode": ("loss", "reward"),
@@ -162,6 +164,8 @@ _BOUNDS: list[tuple[str, str, float]] = [
     ("total_steps", ">=", 1),
     ("prompts_per_step", ">=", 1),
     ("eval_every", ">=", 0),
+    ("logging.sample_every", ">=", 0),
+    ("logging.sample_prompts", ">=", 1),
     ("init.vocab_size", ">=", 1),
     ("init.corpus_size", ">=", 1),
     ("data.num_train", ">=", 1),
@@ -175,6 +179,10 @@ _BOUNDS: list[tuple[str, str, float]] = [
     ("sft.lr", ">", 0),
     ("sft.warmup_steps", ">=", 0),
     ("sft.num_examples", ">=", 1),
+    ("sft.max_length", ">=", 2),
+    ("sft.eval_every", ">=", 0),
+    ("sft.adam_beta2", ">", 0),
+    ("sft.adam_beta2", "<", 1),
     ("rollout.num_workers", ">=", 1),
     ("rollout.n_samples", ">=", 1),
     ("rollout.temperature", ">", 0),
@@ -220,6 +228,10 @@ _BOUNDS: list[tuple[str, str, float]] = [
     ("resources.torch_threads", ">=", 1),
     ("resources.learner_ranks_per_node", ">=", 1),
     ("resources.placement_timeout_s", ">", 0),
+    ("resources.max_engine_restarts", ">=", -1),
+    ("resources.max_failures", ">=", -1),
+    ("resources.engine_timeout_s", ">", 0),
+    ("resources.learner_timeout_s", ">", 0),
     ("tune.num_samples", ">=", 1),
     ("tune.max_concurrent_trials", ">=", 1),
     ("tune.grace_period", ">=", 1),
@@ -323,6 +335,16 @@ def _validate(cfg: RayppoConfig) -> None:
         if not module.strip() or not attr.strip():
             errors.append(f"{name}: must be 'builtin' or 'package.module:function', got {fn!r}")
     errors += _tune_errors(cfg, base_valid=not errors)
+    errors += env_errors(cfg)
+    from pipeline.chat_config import chat_errors
+
+    errors += chat_errors(cfg)
+    from pipeline.rewards.config import reward_errors  # imports this module
+
+    errors += reward_errors(cfg)
+    from pipeline.multiturn import multiturn_errors
+
+    errors += multiturn_errors(cfg)
 
     if len(errors) == 1:
         raise ValueError(errors[0])

@@ -181,24 +181,29 @@ def load_rows(
 ) -> list[PromptRow]:
     """Prompt rows of a ``.jsonl``, ``.json`` or ``.parquet`` file or a ``save_to_disk`` directory."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raw = _read_saved_dataset(path)
-    elif not os.path.exists(path):
-        raise ValueError(f"{path}: prompt file does not exist")
-    elif path.endswith(".jsonl"):
-        raw = _read_jsonl(path)
-    elif path.endswith(".json"):
-        raw = _read_json(path)
-    elif path.endswith(".parquet"):
-        raw = _read_parquet(path)
-    else:
-        raise ValueError(
-            f"{path}: unknown prompt file type; use .jsonl, .json, .parquet or a save_to_disk directory"
-        )
     return [
         _to_prompt_row(row, path, number, prompt_key, messages_key, answer_key, reference_key, metadata_key)
-        for number, row in raw
+        for number, row in read_records(path)
     ]
+
+
+def read_records(path: str, kind: str = "prompt") -> Iterable[tuple[int, Any]]:
+    """``(1-based row number, raw row)`` of a ``.jsonl``, ``.json`` or ``.parquet`` file or a
+    ``save_to_disk`` directory; ``kind`` names the file in errors ("prompt", "preference")."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _read_saved_dataset(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: {kind} file does not exist")
+    if path.endswith(".jsonl"):
+        return _read_jsonl(path)
+    if path.endswith(".json"):
+        return _read_json(path)
+    if path.endswith(".parquet"):
+        return _read_parquet(path)
+    raise ValueError(
+        f"{path}: unknown {kind} file type; use .jsonl, .json, .parquet or a save_to_disk directory"
+    )
 
 
 def task_prompt_rows(rows: list[dict], task: str, *, split: str = "") -> list[PromptRow]:
@@ -209,6 +214,8 @@ def task_prompt_rows(rows: list[dict], task: str, *, split: str = "") -> list[Pr
             messages=[{"role": "user", "content": row["prompt"]}],
             answer=row["answer"],
             source=f"{label}{i}",
+            references=list(row.get("references", [])),
+            metadata=dict(row.get("metadata", {})),
         )
         for i, row in enumerate(rows, start=1)
     ]
@@ -232,6 +239,10 @@ def _load_files(paths: list[str], data_cfg) -> list[PromptRow]:
 
 def load_prompt_splits(data_cfg) -> tuple[list[PromptRow], list[PromptRow]]:
     """Train and eval prompts of a :class:`pipeline.config.DataConfig`."""
+    if data_cfg.task == "memory":  # distinct dialogues, not distinct opening prompts
+        from pipeline.envs import memory
+
+        return memory.prompt_splits(data_cfg.num_train, data_cfg.num_eval, data_cfg.seed)
     if data_cfg.task is not None:
         train, eval_ = tasks.split_rows(
             data_cfg.task,

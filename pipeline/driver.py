@@ -16,9 +16,14 @@ import numpy as np
 from learners import checkpoint
 from learners.batching import Samples
 from learners.models import model_dir_error
-from pipeline import advantage_step, data, rewards
+from pipeline import advantage_step, data, fault_injection, preflight
 from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_config
 from pipeline.inflight import InFlight, from_state, to_state
+from pipeline.monitors import Monitors
+from pipeline.multiturn import MultiTurn
+from pipeline.recovery import Recovery
+from pipeline.rewards import PendingScores, RewardSet, ScoreRequest, eval_reward_fn, score_completions
+from pipeline.sample_log import SampleLog
 from pipeline.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, settle, sync
 from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 from rollout_workers.types import RolloutBatch, Sampling
@@ -39,20 +44,21 @@ def merge_checks(step_metrics: dict[str, float], eval_metrics: dict[str, float])
 
 class Trainer:
     def __init__(self, cfg: RayppoConfig):
-        from transformers import AutoTokenizer
-
         self.cfg = resolve_storage(cfg)
+        preflight.check_train(cfg)  # model config, context, output paths: before anything loads
         problem = model_dir_error(cfg.model.path)
         if problem:
             raise ValueError(f"model.path: {problem}")
-        self.reward_fn = rewards.resolve_reward_fn(cfg.reward.function, cfg.data.task)
-        self.eval_fn = rewards.resolve_reward_fn(
-            cfg.reward.eval_function or cfg.reward.function, cfg.data.task
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            cfg.model.path, trust_remote_code=cfg.model.trust_remote_code
-        )
+        self.tokenizer = preflight.load_tokenizer(cfg.model.path, "model.path", cfg.model.trust_remote_code)
+        # Every reward source is checked here (imports, model paths, templates, tokens); its
+        # actors start in setup(). A multi-turn run's rewards come from its environment, plus
+        # reward.sources on each final reply when there are any.
+        multi_turn = cfg.env.class_path is not None
+        self.rewards = RewardSet.from_config(cfg, self.tokenizer) if cfg.reward.sources or not multi_turn else None
+        self.eval_fn = None if multi_turn else eval_reward_fn(cfg.reward, cfg.data.task)
         self.train_rows, self.eval_rows = data.load_prompt_splits(cfg.data)
+        # The environment and the chat template are checked here too (pipeline.multiturn).
+        self.multiturn = MultiTurn(cfg, self.tokenizer, self.train_rows) if multi_turn else None
         max_tokens = cfg.data.max_prompt_tokens
         self.train_ids = data.encode_prompts(self.tokenizer, self.train_rows, max_tokens)
         self.eval_ids = data.encode_prompts(self.tokenizer, self.eval_rows, max_tokens)
@@ -67,6 +73,9 @@ class Trainer:
         self.resume_dir = (
             checkpoint.resolve(cfg.checkpoint.dir, cfg.checkpoint.resume) if cfg.checkpoint.resume else None
         )
+        self.last_committed = self.resume_dir  # what a learner-group restart goes back to
+        self.stream_start = self.stream.state_dict()  # ... when there is no checkpoint yet
+        self.recovery = Recovery(self)
         self.timers = PhaseTimers()
         self.pending_check: Optional[PendingCheck] = None
         self.inflight: deque[InFlight] = deque()
@@ -77,34 +86,29 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         from learners.group import LearnerGroup
-        from pipeline.placement import Placement, write_report
+        from pipeline.placement import Placement
         from pipeline.ray_setup import init_ray
         from rollout_workers.group import RolloutGroup
 
         cfg = self.cfg
         init_ray(cfg)
         self.placement = Placement.create(cfg)  # fails fast when the cluster cannot hold the run
+        if self.rewards is not None:
+            self.rewards.launch(self.placement)  # reward models load while the other roles start
         self.learners = LearnerGroup(cfg, self.placement)
         self.rollouts = RolloutGroup(cfg, cfg.model.path, self.placement)
-        write_report(
-            os.path.join(cfg.logging.dir, "placement.json"),
-            self.placement, self.learners.workers, self.rollouts.workers,
-        )
+        self.rollouts.pool.verify_replacement = self._verify_engine
+        if self.rewards is not None:
+            self.rewards.wait_ready()
+        if self.multiturn is not None:
+            self.multiturn.start(self.placement)  # the environment's services (an LLM user)
+        self._write_placement()
         if self.resume_dir:
             self.learners.load(self.resume_dir)
-            state = checkpoint.read_state(self.resume_dir)
-            self.step_index = state["step"]
-            self.version = state["policy_version"]
-            self.stream.load_state_dict(state["data"])
-            self.history = state.get("history", {})
-            if state.get("config_hash") != config_hash(cfg):
-                print(f"note: resuming {self.resume_dir} with a changed config")
-            saved = state.get("inflight", [])
-            keep = saved[: cfg.rollout.max_staleness]
-            if len(saved) > len(keep):
-                print(f"note: rollout.max_staleness={cfg.rollout.max_staleness} drops "
-                      f"{len(saved) - len(keep)} batch(es) generated ahead before the checkpoint")
-            self.inflight.extend(from_state(entry) for entry in keep)
+        self._restore(self.resume_dir)
+        if self.resume_dir:
+            print(f"resuming from {self.resume_dir} at step {self.step_index} "
+                  f"(checkpoint.resume={cfg.checkpoint.resume})", flush=True)
         os.makedirs(cfg.logging.dir, exist_ok=True)
         save_config(cfg, os.path.join(cfg.logging.dir, "config.yaml"))
         self.logger = MetricsLogger(
@@ -118,9 +122,78 @@ class Trainer:
             resume=self.resume_dir is not None,
             wandb_group=cfg.logging.wandb_group,
         )
+        self.monitors = Monitors(cfg.monitors, self.logger, cfg.logging.dir)
+        self.sample_log = SampleLog(cfg.logging.dir, cfg.logging.sample_every, cfg.logging.sample_prompts,
+                                    self.step_index)
         # Engines start from model.path; after a resume the learner holds newer weights. This
         # first verified sync makes the very first generation use the learner's policy.
-        self.startup_sync = self._sync(check=True)
+        with self.recovery.guard():  # a restart does this sync itself
+            self.startup_sync = self._sync(check=True)
+
+    def _write_placement(self) -> None:
+        from pipeline.placement import write_report
+
+        write_report(
+            os.path.join(self.cfg.logging.dir, "placement.json"),
+            self.placement, self.learners.workers, self.rollouts.workers,
+            self.rewards.actors() if self.rewards is not None else {},
+        )
+
+    def _restore(self, resume_dir: Optional[str]) -> None:
+        """The driver's state of checkpoint ``resume_dir``, or of a fresh run for ``None``
+        (the learners have loaded the checkpoint already)."""
+        cfg = self.cfg
+        self.inflight.clear()
+        self.pending_check = None
+        if resume_dir is None:
+            self.step_index, self.version, self.history = 0, 0, {}
+            self.stream.load_state_dict(self.stream_start)
+        else:
+            state = checkpoint.read_state(resume_dir)
+            self.step_index = state["step"]
+            self.version = state["policy_version"]
+            self.stream.load_state_dict(state["data"])
+            self.history = state.get("history", {})
+            if state.get("config_hash") != config_hash(cfg):
+                print(f"note: resuming {resume_dir} with a changed config")
+            saved = state.get("inflight", [])
+            keep = saved[: cfg.rollout.max_staleness]
+            if len(saved) > len(keep):
+                print(f"note: rollout.max_staleness={cfg.rollout.max_staleness} drops "
+                      f"{len(saved) - len(keep)} batch(es) generated ahead before the checkpoint")
+            self.inflight.extend(from_state(entry) for entry in keep)
+
+    def restart_learners(self) -> Optional[str]:
+        """A new learner group from the last committed checkpoint (or the start of the run);
+        the engines get its weights. Returns the checkpoint restarted from."""
+        from learners.group import LearnerGroup
+
+        self.learners.kill()
+        self.learners = LearnerGroup(self.cfg, self.placement)
+        if self.last_committed:
+            self.learners.load(self.last_committed)
+        self._restore(self.last_committed)
+        self.timers.pop()  # the lost attempt's partial phase times
+        self.logger.rewind()
+        self.sample_log.rewind(self.step_index)
+        self.startup_sync = self._sync(check=True)  # also replaces engines lost with a node
+        self._write_placement()
+        return self.last_committed
+
+    def _verify_engine(self, engine) -> None:
+        """Probe check of a replaced engine (it loaded the weights last pushed)."""
+        from pipeline.sync import verify_engine
+
+        res = self.cfg.resources
+        verify_engine(self.learners, engine, self.probe, self.cfg.rollout.probe_tolerance, self.version,
+                      res.engine_timeout_s)
+
+    def fault_metrics(self) -> dict[str, float]:
+        """Faults recovered so far in this driver process (``faults/*``)."""
+        sources = self.rewards.sources if self.rewards is not None else []
+        reward_restarts = sum(getattr(source, "restarts", 0) for source in sources)
+        return {**self.rollouts.fault_metrics(), **self.recovery.metrics(),
+                "faults/reward_restarts": float(reward_restarts)}
 
     # -------------------------------------------------------------------- step
     def step(self) -> dict[str, float]:
@@ -129,17 +202,22 @@ class Trainer:
             self._submit_ahead()
             entry, probe_metrics = self._next_batch()
             rollout = entry.batch
+        # Reward sources score while the learners compute reference logprobs and values (no
+        # input of theirs depends on the scores): "reward" times only the submit and the wait.
         with t.phase("reward"):
-            rows = [self.train_rows[i] for i in entry.rows]
-            scores, reward_metrics = self._score(rollout, rows, self.reward_fn)
+            request = self._score_request(rollout, [self.train_rows[i] for i in entry.rows])
+            pending = self.rewards.submit(request) if self.rewards is not None else None
         samples = Samples(rollout.prompt_ids, rollout.response_ids, {})
         with t.phase("logprobs"):
             computed = self.learners.compute(samples, need_old_logprobs=self._needs_old_logprobs())
+        with t.phase("reward"):
+            scores, reward_metrics = self._collect_rewards(pending, rollout)
+        self.sample_log.write(self.step_index + 1, request, rollout, scores)
         with t.phase("advantages"):
             extras, adv_metrics = advantage_step.compute(self.cfg, rollout, scores, computed)
         with t.phase("update"):
             scorable = [i for i in range(len(rollout)) if np.isfinite(scores[i])]
-            batch = Samples(rollout.prompt_ids, rollout.response_ids, extras).subset(scorable)
+            batch = Samples(rollout.prompt_ids, rollout.response_ids, extras, rollout.loss_masks or None).subset(scorable)
             update_metrics = self.learners.update(batch)
         self.step_index += 1
         with t.phase("sync"):
@@ -175,14 +253,20 @@ class Trainer:
         while len(self.inflight) <= self.cfg.rollout.max_staleness:
             rows = self.stream.next_batch()
             step = self.step_index + len(self.inflight)
-            self.inflight.append(self._submit([self.train_ids[i] for i in rows], self._sampling(), step, rows))
+            prompt_rows = [self.train_rows[i] for i in rows]
+            self.inflight.append(self._submit([self.train_ids[i] for i in rows], self._sampling(), step, rows, prompt_rows))
 
-    def _submit(self, prompt_ids: list[list[int]], sampling: Sampling, step: int, rows: list[int]) -> InFlight:
+    def _submit(self, prompt_ids: list[list[int]], sampling: Sampling, step: int, rows: list[int],
+                prompt_rows: list) -> InFlight:
         """Submit a generate that carries the sync check now due, if any (the engines score the
-        probe beside the prompts)."""
+        probe beside the prompts). Multi-turn runs open a conversation on each of ``prompt_rows``."""
         check, self.pending_check = self.pending_check, None
         probe = self.probe if check is not None else None
-        return InFlight(step, rows, self.rollouts.submit(prompt_ids, sampling, step, probe=probe), check)
+        if self.multiturn is not None:
+            submitted = self.multiturn.submit(self.rollouts, prompt_rows, sampling, step, probe)
+        else:
+            submitted = self.rollouts.submit(prompt_ids, sampling, step, probe=probe)
+        return InFlight(step, rows, submitted, check)
 
     def _next_batch(self) -> tuple[InFlight, dict[str, float]]:
         """This step's batch, checked, with its check's metrics and its staleness."""
@@ -196,10 +280,11 @@ class Trainer:
             )
         return entry, {**entry.metrics, "rollout/staleness": float(staleness)}
 
-    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int) -> tuple[RolloutBatch, dict]:
+    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, step: int,
+                  prompt_rows: Optional[list] = None) -> tuple[RolloutBatch, dict]:
         """Generate now (evaluation). Queued on the engines after any batch already in flight,
         and checked like a training batch when a sync check is due."""
-        entry = self._settle(self._submit(prompt_ids, sampling, step, rows=[]))
+        entry = self._settle(self._submit(prompt_ids, sampling, step, rows=[], prompt_rows=prompt_rows or []))
         return entry.batch, entry.metrics
 
     def _settle(self, entry: InFlight) -> InFlight:
@@ -232,58 +317,93 @@ class Trainer:
         metrics, self.pending_check = sync(self.learners, self.rollouts, self.probe, self.version, check)
         return metrics
 
-    def _score(self, rollout: RolloutBatch, rows: list, fn) -> tuple[np.ndarray, dict[str, float]]:
-        prompts = [rows[i].prompt_text for i in rollout.prompt_index]
-        answers = [rows[i].answer for i in rollout.prompt_index]
-        completions = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        scores, unscorable = rewards.score_completions(fn, prompts, completions, answers)
-        finite = scores[np.isfinite(scores)]
+    def _score_request(self, rollout: RolloutBatch, rows: list) -> ScoreRequest:
+        """The batch's samples as reward sources see them (the row of each sample's prompt)."""
+        if self.multiturn is not None:
+            return self.multiturn.score_request(rollout, rows)  # each conversation's final reply
+        sample_rows = [rows[i] for i in rollout.prompt_index]
+        return ScoreRequest(
+            messages=[r.messages for r in sample_rows],
+            completions=self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True),
+            references=[r.references for r in sample_rows],
+            answers=[r.answer for r in sample_rows],
+            metadata=[r.metadata for r in sample_rows],
+        )
+
+    def _collect_rewards(self, pending: PendingScores, rollout: RolloutBatch) -> tuple[np.ndarray, dict[str, float]]:
+        if self.multiturn is not None:
+            return self.multiturn.collect(rollout, self.rewards, pending)
+        scores, metrics = self.rewards.collect(pending)
         lengths = [len(r) for r in rollout.response_ids]
-        return scores, {
-            "reward/mean": float(finite.mean()) if finite.size else float("nan"),
-            "reward/std": float(finite.std()) if finite.size else float("nan"),
-            "reward/unscorable": float(unscorable),
-            "response/length_mean": float(np.mean(lengths)),
-            "response/truncated_frac": float(np.mean([r == "length" for r in rollout.finish_reasons])),
-        }
+        metrics["response/length_mean"] = float(np.mean(lengths))
+        metrics["response/truncated_frac"] = float(np.mean([r == "length" for r in rollout.finish_reasons]))
+        return scores, metrics
 
     # -------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy (mean verifier score) on the held-out prompts."""
+        """Greedy completions of the held-out prompts: ``eval/accuracy`` (mean score of the
+        accuracy rule, when there is one) and, with ``reward.sources``, ``eval/reward/mean`` and
+        each source's ``eval/reward/<name>/mean``."""
+        metrics: dict[str, float] = {}
+        if self.multiturn is not None:  # held-out conversations: eval/success, eval/return, ...
+            with self.timers.phase("eval"):
+                rollout, probe_metrics = self._generate([], self.multiturn.eval_sampling(), 0, self.eval_rows)
+                metrics = self.multiturn.eval_metrics(rollout)
+            return {**metrics, **probe_metrics, **self.timers.pop()}
         with self.timers.phase("eval"):
             sampling = Sampling(n=1, temperature=0.0, max_tokens=self.cfg.rollout.max_tokens)
             rollout, probe_metrics = self._generate(self.eval_ids, sampling, step=0)
-            scores, _ = self._score(rollout, self.eval_rows, self.eval_fn)
-        finite = scores[np.isfinite(scores)]
-        accuracy = float(finite.mean()) if finite.size else float("nan")
-        return {"eval/accuracy": accuracy, **probe_metrics, **self.timers.pop()}
+            request = self._score_request(rollout, self.eval_rows)
+            if self.eval_fn is not None:
+                scores, _ = score_completions(self.eval_fn, request.prompts, request.completions, request.answers)
+                finite = scores[np.isfinite(scores)]
+                metrics["eval/accuracy"] = float(finite.mean()) if finite.size else float("nan")
+            if self.cfg.reward.sources:
+                _, reward_metrics = self.rewards.score(request)
+                metrics.update({f"eval/{k}": v for k, v in reward_metrics.items() if k.endswith("/mean")})
+        return {**metrics, **probe_metrics, **self.timers.pop()}
+
+    def _headline(self, metrics: dict[str, float]) -> float:
+        """The evaluation figure of the summary: accuracy when there is an accuracy rule, else
+        the held-out reward."""
+        key = "eval/accuracy" if self.eval_fn is not None else "eval/reward/mean"
+        if self.multiturn is not None:
+            key = "eval/success" if "eval/success" in metrics else "eval/return"
+        return metrics.get(key, float("nan"))
 
     # -------------------------------------------------------------- train loop
     def train(self, on_step: Optional[StepCallback] = None) -> dict[str, float]:
         """Run to ``total_steps``. ``on_step(step, metrics, checkpoint_dir)`` is called after each
         step is logged and saved (``checkpoint_dir`` is ``None`` when the step saved nothing)."""
         cfg = self.cfg
-        if self.step_index == 0:
-            before = self.evaluate()  # also settles the start-up sync's probe check
-            self.history["eval_before"] = before["eval/accuracy"]
-            self.logger.log(0, {**before, **self.startup_sync})
         last: dict[str, float] = {}
         phase_totals: dict[str, float] = {}
-        while self.step_index < cfg.total_steps:
-            metrics = self.step()
-            done = self.step_index >= cfg.total_steps
-            if done or (cfg.eval_every and self.step_index % cfg.eval_every == 0):
-                metrics = merge_checks(metrics, self.evaluate())
-            self.logger.log(self.step_index, metrics)
-            for key, value in metrics.items():
-                if key.startswith("time/"):
-                    phase_totals[key] = phase_totals.get(key, 0.0) + value
-            last = {**last, **metrics}
-            every = cfg.checkpoint.every_steps
-            saved = self.save() if done or (every and self.step_index % every == 0) else None
-            if on_step is not None:
-                on_step(self.step_index, metrics, saved)
-        self.history["eval_after"] = last.get("eval/accuracy", float("nan"))
+        # A learner-group failure inside the body restarts the group from the last committed
+        # checkpoint (pipeline.recovery) and the loop goes on from the step restored.
+        while self._eval_before_due() or (self.step_index < cfg.total_steps and not self.monitors.stopped):
+            with self.recovery.guard():
+                if self._eval_before_due():
+                    before = self.evaluate()  # also settles the start-up sync's probe check
+                    self.history["eval_before"] = self._headline(before)
+                    self.logger.log(0, {**before, **self.startup_sync, **self.fault_metrics()})
+                    self.monitors.check(0, before)  # the gold metric before any update
+                    continue
+                metrics = self.step()
+                done = self.step_index >= cfg.total_steps
+                if done or (cfg.eval_every and self.step_index % cfg.eval_every == 0):
+                    metrics = merge_checks(metrics, self.evaluate())
+                metrics.update(self.fault_metrics())
+                self.logger.log(self.step_index, metrics)
+                done = self.monitors.check(self.step_index, metrics) or done  # a stop saves, then ends
+                for key, value in metrics.items():
+                    if key.startswith("time/"):
+                        phase_totals[key] = phase_totals.get(key, 0.0) + value
+                last = {**last, **metrics}
+                every = cfg.checkpoint.every_steps
+                saved = self.save() if done or (every and self.step_index % every == 0) else None
+                if on_step is not None:
+                    on_step(self.step_index, metrics, saved)
+        self.history["eval_after"] = self._headline(last)
         self.logger.close()
         if cfg.checkpoint.export_dir:
             self.export(cfg.checkpoint.export_dir)
@@ -299,6 +419,7 @@ class Trainer:
         inflight = [to_state(self._settle(entry)) for entry in self.inflight]
         tmp = checkpoint.begin(cfg.checkpoint.dir, self.step_index)
         self.learners.save(tmp, cfg.model.path)
+        fault_injection.point("driver.checkpoint", step=self.step_index)
         state = {
             "step": self.step_index,
             "policy_version": self.version,
@@ -307,7 +428,14 @@ class Trainer:
             "history": self.history,
             "inflight": inflight,
         }
-        return checkpoint.commit(cfg.checkpoint.dir, self.step_index, tmp, state, cfg.checkpoint.keep_last)
+        self.last_committed = checkpoint.commit(
+            cfg.checkpoint.dir, self.step_index, tmp, state, cfg.checkpoint.keep_last
+        )
+        return self.last_committed
+
+    def _eval_before_due(self) -> bool:
+        """The evaluation before training (step 0) has not been logged by this run yet."""
+        return self.step_index == 0 and "eval_before" not in self.history
 
     def export(self, out: str) -> str:
         """Copy the final checkpoint's policy (already an HF directory) to ``out``, atomically."""
@@ -325,9 +453,12 @@ class Trainer:
 
     def summary(self, last: dict[str, float], phase_totals: dict[str, float]) -> str:
         steps = max(1, self.cfg.total_steps)
+        what = "eval accuracy" if self.eval_fn is not None else "eval reward"
+        if self.multiturn is not None:
+            what = "held-out success (env/success, else return)"
         rows = [
-            ("eval accuracy before RL", f"{self.history.get('eval_before', float('nan')):.3f}"),
-            ("eval accuracy after RL", f"{self.history.get('eval_after', float('nan')):.3f}"),
+            (f"{what} before RL", f"{self.history.get('eval_before', float('nan')):.3f}"),
+            (f"{what} after RL", f"{self.history.get('eval_after', float('nan')):.3f}"),
             ("reward (last step)", f"{last.get('reward/mean', float('nan')):.3f}"),
             ("KL to reference (last step)", f"{last.get('kl/mean', float('nan')):.4f}"),
         ]
@@ -335,7 +466,7 @@ class Trainer:
         return format_table(rows, ("metric", "value"))
 
     def shutdown(self) -> None:
-        for part in ("rollouts", "learners"):
+        for part in ("rewards", "multiturn", "rollouts", "learners"):
             handle: Optional[object] = getattr(self, part, None)
             if handle is not None:
                 handle.shutdown()

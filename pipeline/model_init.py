@@ -148,7 +148,16 @@ def _corpus(init_cfg, data_cfg) -> list[str]:
     size = init_cfg.corpus_size
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"init.corpus_size={size!r} must be an integer >= 1")
-    if data_cfg.task is not None:
+    if data_cfg.task == "support":
+        from pipeline.envs import support
+
+        # Replies of every quality, not only the answers: SFT and RL generate all of them.
+        chats = support.corpus_chats(size, data_cfg.seed)
+    elif data_cfg.task == "memory":
+        from pipeline.envs import memory
+
+        chats = memory.corpus_texts(size, data_cfg.seed)  # whole dialogues, every reply kind
+    elif data_cfg.task is not None:
         rows = tasks.generate_rows(
             data_cfg.task, size, data_cfg.seed, data_cfg.min_digits, data_cfg.max_digits
         )

@@ -1,14 +1,18 @@
-"""Where the roles run: placement groups for learner ranks and rollout engines.
+"""Where the roles run: placement groups for learner ranks, rollout engines and reward actors.
 
 Every actor of a run is scheduled into a bundle of a placement group, so a run either gets
 all it asked for at once or fails: it never starts half its learner ranks and waits forever
 for the rest. Layouts (``resources.placement``):
 
-* ``colocated``: one group, strategy PACK, learner bundles then engine bundles. Roles share
-  nodes, and GPUs when ``gpus_per_*`` are fractions.
+* ``colocated``: one group, strategy PACK, learner bundles, then engine bundles, then the
+  bundles of each actor-backed reward source (``model``, ``judge``). Roles share nodes, and GPUs
+  when ``gpus_per_*`` (or a source's ``gpus``) are fractions.
 * ``disaggregated``: one group per role; each bundle also reserves the role's custom
-  resources (``*_node_resources``) and must match its node labels (``*_node_labels``), which
-  is how a role is pinned to its node pool.
+  resources (``*_node_resources``) and must match its node labels (``*_node_labels``, a
+  reward source's ``node_labels``), which is how a role is pinned to its node pool.
+
+Each actor-backed reward source is a role of its own, ``reward:<name>``, since its actors'
+resources differ from the other sources'.
 
 ``learner_ranks_per_node = k`` turns the learner bundles into node-sized bundles of k ranks;
 in a separate learner group they are STRICT_SPREAD, i.e. exactly k ranks on each node.
@@ -35,6 +39,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pipeline.config import RayppoConfig
+from pipeline.envs.config import user_engine_resources
 
 # Ray rejects bundles without any resource; a role configured with 0 CPUs still gets this.
 _MIN_CPU = 0.001
@@ -86,12 +91,35 @@ def role_layouts(cfg: RayppoConfig) -> tuple[RoleLayout, RoleLayout]:
     return learner, rollout
 
 
+def reward_layouts(cfg: RayppoConfig) -> list[RoleLayout]:
+    """One layout per reward source that runs on actors (role ``reward:<name>``), in
+    ``reward.sources`` order: ``num_actors`` bundles of the source's ``cpus`` / ``gpus``."""
+    from pipeline.rewards.actors import reward_role
+    from pipeline.rewards.config import actor_sources
+
+    return [
+        RoleLayout(
+            reward_role(spec.name),
+            [_bundle(spec.cpus, spec.gpus, {})] * spec.num_actors,
+            dict(spec.node_labels),
+            list(range(spec.num_actors)),
+            {"CPU": spec.cpus, "GPU": spec.gpus},
+        )
+        for spec in actor_sources(cfg.reward)
+    ]
+
+
+def all_layouts(cfg: RayppoConfig) -> list[RoleLayout]:
+    """Learner, rollout, then every reward source's layout: the order bundles are laid out in."""
+    return [*role_layouts(cfg), *reward_layouts(cfg)]
+
+
 def trial_bundles(cfg: RayppoConfig) -> list[dict[str, float]]:
     """Bundles of one Tune trial (``tune.PlacementGroupFactory``): the trial's driver, then
-    every learner bundle, then every engine bundle, the layout :class:`Placement` adopts."""
-    learner, rollout = role_layouts(cfg)
+    every learner bundle, every engine bundle and every reward-actor bundle, the layout
+    :class:`Placement` adopts."""
     driver = {"CPU": cfg.tune.driver_cpus} if cfg.tune.driver_cpus > 0 else {"CPU": _MIN_CPU}
-    return [driver] + learner.bundles + rollout.bundles
+    return [driver] + [bundle for layout in all_layouts(cfg) for bundle in layout.bundles]
 
 
 def trial_placement_options(cfg: RayppoConfig) -> dict:
@@ -99,18 +127,19 @@ def trial_placement_options(cfg: RayppoConfig) -> dict:
     node labels each bundle must match, in :func:`trial_bundles` order, so a trial keeps its
     roles on their node pools. (A trial is one PACK group: ``learner_ranks_per_node`` still
     keeps k ranks per bundle, but distinct nodes for the bundles are not enforced there.)"""
-    learner, rollout = role_layouts(cfg)
-    selectors = [{}] + [dict(learner.labels) for _ in learner.bundles] + [dict(rollout.labels) for _ in rollout.bundles]
+    selectors = [{}] + [dict(layout.labels) for layout in all_layouts(cfg) for _ in layout.bundles]
     return {"bundle_label_selector": selectors} if any(selectors) else {}
 
 
 def requested_resources(cfg: RayppoConfig) -> dict[str, float]:
     """Total of every resource the run's actors reserve."""
     total: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
-    for layout in role_layouts(cfg):
+    for layout in all_layouts(cfg):
         for bundle in layout.bundles:
             for key, value in bundle.items():
                 total[key] = total.get(key, 0.0) + value
+    for key, value in user_engine_resources(cfg.env).items():  # the LLM user's own actor
+        total[key] += value
     return total
 
 
@@ -158,8 +187,11 @@ def check_feasible(cfg: RayppoConfig, nodes: Optional[list[dict]] = None) -> Non
     for node in nodes:
         for key, value in node["Resources"].items():
             cluster[key] = cluster.get(key, 0.0) + value
-    learner, rollout = role_layouts(cfg)
+    layouts = all_layouts(cfg)
     what = f"{cfg.learner.num_ranks} learner ranks, {cfg.rollout.num_workers} rollout workers"
+    reward_actors = sum(len(layout.bundles) for layout in layouts[2:])
+    if reward_actors:
+        what += f", {reward_actors} reward actors"
     problems = []
     for key, amount in requested_resources(cfg).items():
         if amount > cluster.get(key, 0.0) + 1e-9:
@@ -167,7 +199,7 @@ def check_feasible(cfg: RayppoConfig, nodes: Optional[list[dict]] = None) -> Non
                 f"this run asks for {amount:g} {key} in total ({what}) "
                 f"but the Ray cluster has {cluster.get(key, 0.0):g} {key}"
             )
-    for layout in (learner, rollout):
+    for layout in layouts:
         bundle = layout.bundles[0]
         where = f" on a node labelled {layout.labels}" if layout.labels else " on one node"
         matching = [n for n in nodes if _fits(bundle, n, layout.labels)]
@@ -201,32 +233,38 @@ class Placement:
     """Role -> index of the role's first bundle within its group."""
     owned: bool = True
     """False when the group belongs to a Tune trial (and outlives this run)."""
+    rewards: list[RoleLayout] = field(default_factory=list)
+    """Layouts of the actor-backed reward sources (roles ``reward:<name>``)."""
 
     @classmethod
     def create(cls, cfg: RayppoConfig) -> "Placement":
         """Adopt the enclosing Tune trial's group, or reserve this run's own groups."""
         learner, rollout = role_layouts(cfg)
+        rewards = reward_layouts(cfg)
         current = ray.util.get_current_placement_group()
         if current is not None:
             expected = trial_bundles(cfg)
             if len(current.bundle_specs) != len(expected):
                 raise ValueError(
                     f"resources: the enclosing placement group has {len(current.bundle_specs)} bundles; "
-                    f"this run needs {len(expected)} (driver, learner, rollout): build it with "
+                    f"this run needs {len(expected)} (driver, learner, rollout, reward): build it with "
                     "pipeline.placement.trial_bundles(cfg)"
                 )
-            n = len(learner.bundles)
-            return cls(cfg, learner, rollout, {"learner": current, "rollout": current},
-                       {"learner": 1, "rollout": 1 + n}, owned=False)
+            placement = cls(cfg, learner, rollout, owned=False, rewards=rewards)
+            offset = 1  # bundle 0 is the trial's driver
+            for layout in (learner, rollout, *rewards):
+                placement.groups[layout.role], placement.offsets[layout.role] = current, offset
+                offset += len(layout.bundles)
+            return placement
         check_feasible(cfg)
-        placement = cls(cfg, learner, rollout)
+        placement = cls(cfg, learner, rollout, rewards=rewards)
         try:
             if cfg.resources.placement == "disaggregated":
-                for layout in (learner, rollout):
+                for layout in (learner, rollout, *rewards):
                     strategy = "STRICT_SPREAD" if layout.spread else "PACK"
                     placement._reserve(layout.role, [layout], strategy)
             else:
-                placement._reserve("both", [learner, rollout], "PACK")
+                placement._reserve("both", [learner, rollout, *rewards], "PACK")
         except BaseException:
             placement.remove()
             raise
@@ -257,18 +295,38 @@ class Placement:
 
     def options(self, role: str, index: int) -> dict:
         """``ray.remote(...).options(**this)`` for actor ``index`` of ``role``."""
-        layout = self.learner if role == "learner" else self.rollout
+        layouts = {layout.role: layout for layout in (self.learner, self.rollout, *self.rewards)}
+        if role not in layouts:
+            raise ValueError(f"placement: no role {role!r}; this run has {sorted(layouts)}")
+        layout = layouts[role]
         strategy = PlacementGroupSchedulingStrategy(
             placement_group=self.groups[role],
             placement_group_bundle_index=self.offsets[role] + layout.actor_bundle[index],
             # An engine's own children (vLLM's tensor-parallel workers) stay in its bundle.
-            placement_group_capture_child_tasks=role == "rollout",
+            placement_group_capture_child_tasks=role != "learner",
         )
         return {
             "num_cpus": layout.actor_resources["CPU"],
             "num_gpus": layout.actor_resources["GPU"],
             "scheduling_strategy": strategy,
         }
+
+    def describe(self, role: str, index: int) -> str:
+        """Where actor ``index`` of ``role`` waits: its bundle, what it holds, its group's
+        state (``RESCHEDULING`` while a lost node's bundles look for a new one) and the nodes."""
+        layout = {lay.role: lay for lay in (self.learner, self.rollout, *self.rewards)}[role]
+        group = self.groups[role]
+        bundle = self.offsets[role] + layout.actor_bundle[index]
+        try:
+            state = ray.util.placement_group_table(group).get("state", "unknown")
+        except Exception:  # noqa: BLE001 - a description must not fail
+            state = "unknown"
+        labels = f" on a node labelled {layout.labels}" if layout.labels else ""
+        return (
+            f"{role} {index} waits for bundle {bundle} of placement group {group.id.hex()[:8]} "
+            f"(state {state}): {_fmt(layout.bundles[layout.actor_bundle[index]])}{labels}\n"
+            "cluster nodes:\n" + _node_summary([n for n in ray.nodes() if n.get("Alive")])
+        )
 
     def remove(self) -> None:
         if not self.owned:
@@ -281,23 +339,40 @@ class Placement:
         self.groups.clear()
 
 
-def actor_nodes(actors: list) -> list[dict[str, str]]:
-    """Node id and address each actor runs on (asked of the actors themselves)."""
+def actor_nodes(actors: list, timeout_s: float = 60.0) -> list[dict[str, str]]:
+    """Node id and address each actor runs on (asked of the actors themselves). An actor that
+    is gone or does not answer within ``timeout_s`` is reported as such: a report never fails
+    or hangs a run."""
 
     def where(_self) -> dict[str, str]:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
 
-    return ray.get([a.__ray_call__.remote(where) for a in actors])
+    refs = [a.__ray_call__.remote(where) for a in actors]
+    ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    nodes = []
+    for ref in refs:
+        try:
+            nodes.append(ray.get(ref, timeout=0))
+        except Exception as exc:  # noqa: BLE001 - a dead or hung actor has no node to report
+            nodes.append({"node_id": None, "node_ip": None, "error": type(exc).__name__})
+    return nodes
 
 
-def write_report(path: str, placement: Placement, learners: list, engines: list) -> dict:
-    """``placement.json``: the layout and the node of every learner rank and engine."""
+def write_report(path: str, placement: Placement, learners: list, engines: list,
+                 rewards: Optional[dict[str, list]] = None) -> dict:
+    """``placement.json``: the layout and the node of every learner rank, engine and reward
+    actor (``rewards``: source name -> its actors)."""
     report = {
         "placement": placement.cfg.resources.placement,
         "in_tune_trial": not placement.owned,
         "learner": [{"rank": i, **n} for i, n in enumerate(actor_nodes(learners))],
         "rollout": [{"index": i, **n} for i, n in enumerate(actor_nodes(engines))],
+        "reward": [
+            {"source": name, "index": i, **n}
+            for name, actors in (rewards or {}).items()
+            for i, n in enumerate(actor_nodes(actors))
+        ],
     }
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
@@ -311,8 +386,10 @@ __all__ = [
     "Placement",
     "RoleLayout",
     "actor_nodes",
+    "all_layouts",
     "check_feasible",
     "requested_resources",
+    "reward_layouts",
     "role_layouts",
     "trial_bundles",
     "trial_placement_options",

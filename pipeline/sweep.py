@@ -448,8 +448,11 @@ def run_sweep(cfg: RayppoConfig, resume: bool = False, callbacks: Iterable = ())
     # Trials keep the driver's working directory, as `rayppo train` would: relative paths in
     # the config (reward modules, data) mean the same thing in every trial.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    from pipeline import preflight
+
     path = sweep_dir(cfg)
     check_sweep_dir(path, resume)
+    preflight.check_sweep(cfg)
     start_ray(cfg)
     tuner = build_tuner(cfg, resume, callbacks)
     grid = tuner.fit()

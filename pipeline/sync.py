@@ -91,6 +91,17 @@ def verify(learners, rollouts, probe: ProbeBatch, tolerance: float, version: int
     return check_engines(engine_scores, learner_scores, tolerance, version)
 
 
+def verify_engine(learners, engine, probe: ProbeBatch, tolerance: float, version: int, timeout_s: float) -> float:
+    """Check one engine now (a replacement for a lost one) against the learner, which holds
+    the weights last pushed whenever the engines are called."""
+    from pipeline import faults
+
+    learner_scores = learners.score(probe.prompt_ids, probe.response_ids)
+    (engine_scores,) = faults.get([engine.score.remote(probe.prompt_ids, probe.response_ids)], timeout_s,
+                                  "replaced rollout engine: probe scoring", "resources.engine_timeout_s")
+    return check_engines([engine_scores], learner_scores, tolerance, version)
+
+
 def sync(learners, rollouts, probe: ProbeBatch, version: int, check: bool) -> tuple[dict, PendingCheck | None]:
     """Push the learner's weights to every engine. With ``check``, also start the learner's
     probe scoring; the returned :class:`PendingCheck` is settled by :func:`settle` once the

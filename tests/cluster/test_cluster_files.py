@@ -241,6 +241,45 @@ def test_readme_submit_command_is_the_makefiles():
         env={k: v for k, v in os.environ.items() if k not in ("ARGS", "RUNTIME_ENV", "MAKEFLAGS")},
     ).stdout.strip().splitlines()
     assert len(made) == 1, made
-    made_words = shlex.split(made[0])
+    made_words = [w for w in shlex.split(made[0]) if not w.startswith("RAY_AUTH_MODE=")]
     assert Path(made_words[0]).name == "ray"
     assert made_words[1:] == words[1:]
+
+
+@pytest.mark.parametrize(
+    "token_at, auth_mode, expected",
+    [
+        (None, None, None),  # no token anywhere: nothing to send, a head without auth accepts
+        ("home", None, "token"),  # a token where Ray looks (a local ray.init writes ~/.ray/auth_token)
+        ("path", None, "token"),
+        ("home", "disabled", "disabled"),  # the user's own choice is kept
+    ],
+)
+def test_make_submit_sends_the_token_when_there_is_one(tmp_path, token_at, auth_mode, expected):
+    """Ray 2.60's ``ray start`` enables token auth whenever a token exists, and ``ray job
+    submit`` sends it only with RAY_AUTH_MODE=token: ``make submit`` sets that when it finds one."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k not in ("ARGS", "MAKEFLAGS")}
+    env["HOME"] = str(home)
+    if token_at == "home":
+        (home / ".ray" / "auth_token").write_text("t" * 32)
+    elif token_at == "path":
+        (tmp_path / "token").write_text("t" * 32)
+        env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "token")
+    if auth_mode:
+        env["RAY_AUTH_MODE"] = auth_mode
+    line = subprocess.run(["make", "-n", "-s", "submit"], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    prefix = [w for w in shlex.split(line) if w.startswith("RAY_AUTH_MODE=")]
+    assert prefix == ([] if expected in (None, auth_mode) else [f"RAY_AUTH_MODE={expected}"]), line
+
+
+def test_cluster_runs_and_the_rayjob_retry_resume():
+    """A retried job continues: the cluster configs resume automatically and the RayJob retries."""
+    for name in ("cluster_gpu.yaml", "cluster_local.yaml"):
+        assert load_config(REPO / "configs" / name).checkpoint.resume == "auto", name
+    job = _load("kuberay-rayjob.yaml")["spec"]
+    assert job["backoffLimit"] >= 1
+    config = shlex.split(job["entrypoint"])[2]
+    assert load_config(REPO / config).checkpoint.resume == "auto"

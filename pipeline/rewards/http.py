@@ -1,0 +1,197 @@
+"""``kind: http``: a remote reward server (the schema is in ``docs/rewards.md``).
+
+Request (POST, JSON, one per ``batch_size`` samples)::
+
+    {"samples": [{"messages": [...], "prompt": str, "completion": str,
+                  "references": [str, ...], "answer": str | null, "metadata": {...}}, ...]}
+
+Response: ``{"scores": [number | null, ...], "info": [object | null, ...]}`` (``info``
+optional), one entry per sample in order; ``null`` marks a sample the server could not score.
+
+At most ``max_concurrency`` requests are in flight; each attempt has ``timeout_s``; connection
+errors, timeouts, 429 and 5xx are retried up to ``max_retries`` times with exponential backoff.
+A request that still fails makes its samples unscorable and counts in ``failed_requests``; a
+deadline on the whole batch means a server that never answers cannot hang the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Optional
+
+from pipeline.rewards.base import ResultBuilder, ScoreRequest, SourceResult, as_score
+
+logger = logging.getLogger("pipeline.rewards")
+
+
+class RequestFailed(Exception):
+    def __init__(self, reason: str, problem: str, attempts: int):
+        super().__init__(problem)
+        self.reason, self.problem, self.attempts = reason, problem, attempts
+        self.at = time.monotonic()
+
+
+def read_token(spec, index: int) -> Optional[str]:
+    """The bearer token a source sends, from its environment variable or file."""
+    where = f"reward.sources[{index}]"
+    if spec.token_env:
+        token = os.environ.get(spec.token_env, "").strip()
+        if not token:
+            raise ValueError(f"{where}.token_env (source {spec.name!r}): environment variable {spec.token_env!r} is not set")
+        return token
+    if spec.token_file:
+        try:
+            with open(os.path.expanduser(spec.token_file), encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ValueError(f"{where}.token_file (source {spec.name!r}): cannot read {spec.token_file!r} ({e.strerror or e})") from None
+        if not token:
+            raise ValueError(f"{where}.token_file (source {spec.name!r}): {spec.token_file!r} is empty")
+        return token
+    return None
+
+
+def request_rows(request: ScoreRequest) -> list[dict]:
+    """The ``samples`` of the request body."""
+    return [
+        {
+            "messages": request.messages[i],
+            "prompt": request.prompts[i],
+            "completion": request.completions[i],
+            "references": list(request.references[i]),
+            "answer": request.answers[i],
+            "metadata": request.metadata[i],
+        }
+        for i in range(len(request))
+    ]
+
+
+def _parse_reply(body: Any, n: int) -> tuple[list[Optional[float]], list[dict]]:
+    if not isinstance(body, dict) or not isinstance(body.get("scores"), list):
+        raise ValueError("the reply is not an object with a 'scores' list")
+    scores = body["scores"]
+    if len(scores) != n:
+        raise ValueError(f"the reply has {len(scores)} scores for {n} samples")
+    info = body.get("info") or [None] * n
+    if not isinstance(info, list) or len(info) != n:
+        raise ValueError("'info' must be a list with one entry per sample")
+    return [None if s is None else as_score(s) for s in scores], [i if isinstance(i, dict) else {} for i in info]
+
+
+class HttpSource:
+    kind = "http"
+
+    def __init__(self, spec, token: Optional[str]):
+        import httpx
+
+        self.spec = spec
+        self.name, self.weight = spec.name, spec.weight
+        self.actors: list = []
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(spec.timeout_s),
+            headers=headers,
+            limits=httpx.Limits(max_connections=spec.max_concurrency),
+        )
+        self.pool = ThreadPoolExecutor(max_workers=spec.max_concurrency, thread_name_prefix=f"reward-{spec.name}")
+        self._lock = threading.Lock()
+
+    def start(self, placement=None) -> None:
+        pass
+
+    def _attempt_bound(self) -> float:
+        """Longest one request can take with every retry (a bound, for the batch deadline)."""
+        s = self.spec
+        waits = sum(min(s.backoff_s * 2**k, s.max_backoff_s) for k in range(s.max_retries))
+        # httpx's timeout bounds each phase (connect, write, read), not their sum.
+        return (s.max_retries + 1) * 3 * s.timeout_s + waits
+
+    def _post(self, rows: list[dict]) -> tuple[list[Optional[float]], list[dict], int, float]:
+        """(scores, info, attempts, time of the reply) of one request; ``RequestFailed`` after
+        the last attempt."""
+        import httpx
+
+        s, problem, reason = self.spec, "", "request_failed"
+        for attempt in range(s.max_retries + 1):
+            if attempt:
+                time.sleep(min(s.backoff_s * 2 ** (attempt - 1), s.max_backoff_s))
+            try:
+                reply = self.client.post(s.url, json={"samples": rows})
+            except httpx.TimeoutException as e:
+                problem, reason = f"timed out after timeout_s={s.timeout_s:g} ({type(e).__name__})", "timeout"
+                continue
+            except httpx.HTTPError as e:  # connection refused, reset, DNS ...
+                problem, reason = f"{type(e).__name__}: {e}", "request_failed"
+                continue
+            if reply.status_code == 429 or reply.status_code >= 500:
+                problem, reason = f"HTTP {reply.status_code}: {reply.text[:200]}", "request_failed"
+                continue
+            if reply.status_code >= 400:
+                raise RequestFailed("request_failed", f"HTTP {reply.status_code}: {reply.text[:200]}", attempt + 1)
+            try:
+                scores, info = _parse_reply(reply.json(), len(rows))
+            except ValueError as e:  # includes JSON decoding errors
+                raise RequestFailed("bad_response", f"bad reply from {s.url}: {e}", attempt + 1) from None
+            return scores, info, attempt + 1, time.monotonic()
+        raise RequestFailed(reason, f"{problem} (after {s.max_retries + 1} attempts)", s.max_retries + 1)
+
+    def submit(self, request: ScoreRequest):
+        rows = request_rows(request)
+        size = self.spec.batch_size
+        chunks = [list(range(lo, min(lo + size, len(rows)))) for lo in range(0, len(rows), size)]
+        futures = [self.pool.submit(self._post, [rows[i] for i in chunk]) for chunk in chunks]
+        return futures, chunks, len(rows), time.monotonic()
+
+    def collect(self, handle) -> SourceResult:
+        futures, chunks, n, submitted = handle
+        builder = ResultBuilder(n)
+        builder.count("failed_requests", 0.0)
+        waves = math.ceil(len(chunks) / self.spec.max_concurrency) if chunks else 0
+        deadline = submitted + waves * self._attempt_bound() + 5.0
+        info_sums: dict[str, list[float]] = {}
+        finished = submitted
+        for future, chunk in zip(futures, chunks):
+            try:
+                scores, info, attempts, replied = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                future.cancel()
+                finished = time.monotonic()
+                builder.count("failed_requests")
+                for i in chunk:
+                    builder.fail(i, "timeout", f"no reply from {self.spec.url} before the batch deadline")
+                continue
+            except RequestFailed as e:
+                finished = max(finished, e.at)
+                builder.count("failed_requests")
+                builder.count("retries", e.attempts - 1)
+                for i in chunk:
+                    builder.fail(i, e.reason, f"request failed: {e.problem}")
+                continue
+            builder.count("retries", attempts - 1)
+            finished = max(finished, replied)
+            for i, score, extra in zip(chunk, scores, info):
+                if score is None:
+                    builder.fail(i, "not_finite", "the server returned no finite score")
+                else:
+                    builder.set(i, score)
+                for key, value in extra.items():
+                    if as_score(value) is not None:
+                        info_sums.setdefault(key, []).append(float(value))
+        for key, values in info_sums.items():
+            builder.count(f"info/{key}", sum(values) / len(values))
+        # The source's own time: until its last reply, not until the caller came to collect.
+        out = builder.result(finished - submitted)
+        if out.reasons:
+            logger.warning("reward source %r could not score %d of %d samples %s; first: %s",
+                           self.name, out.unscorable_count, n, out.reasons, out.first_problem)
+        return out
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

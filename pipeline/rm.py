@@ -1,0 +1,138 @@
+"""``rayppo rm``: train a reward model on preference pairs.
+
+The driver loads, checks and tokenizes every pair before Ray starts (a bad row fails with its
+file, row and field), then runs a Ray Train ``TorchTrainer`` whose workers are FSDP2 ranks
+(:mod:`learners.reward_trainer`), as ``rayppo sft`` does. The result is an HF directory that
+``transformers`` loads as it is (``AutoModelForSequenceClassification``), with
+``reward_stats.json`` beside the weights, and the ``model`` reward source serves it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.config import RayppoConfig
+from pipeline.preferences import PreferencePair, load_pairs, reward_input_ids
+
+
+def _task_pairs(cfg: RayppoConfig, split: str) -> list[PreferencePair]:
+    from pipeline import tasks
+    from pipeline.envs import support
+
+    dc, rc = cfg.data, cfg.rm
+    train_rows, eval_rows = tasks.split_rows("support", dc.num_train, dc.num_eval, dc.seed)
+    if split == "train":
+        # More pairs than prompts: each prompt is compared again with other replies.
+        rows = [train_rows[i % len(train_rows)] for i in range(rc.num_pairs)]
+        raw = support.preference_pairs(rows, dc.seed + 3, label_noise=rc.label_noise)
+    else:
+        raw = support.preference_pairs(eval_rows[: rc.num_eval_pairs], dc.seed + 4)
+    return [
+        PreferencePair(p["prompt"], p["chosen"], p["rejected"], 0.0, f"task support {split} pair #{i}")
+        for i, p in enumerate(raw, 1)
+    ]
+
+
+def load_pair_splits(cfg: RayppoConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Training and held-out pairs: ``rm.train_files`` / ``rm.eval_files``, or the support task's."""
+    rc = cfg.rm
+    if not rc.train_files and cfg.data.task != "support":
+        raise ValueError("rm.train_files: empty, and data.task is not 'support' (the task that generates pairs)")
+    keys = (rc.prompt_key, rc.chosen_key, rc.rejected_key, rc.margin_key)
+
+    def from_files(paths: list[str]) -> list[PreferencePair]:
+        return [pair for path in paths for pair in load_pairs(path, *keys)]
+
+    train = from_files(rc.train_files)[: rc.num_pairs] if rc.train_files else _task_pairs(cfg, "train")
+    if rc.eval_files:
+        held_out = from_files(rc.eval_files)
+    else:
+        held_out = [] if rc.train_files else _task_pairs(cfg, "eval")
+    return train, held_out
+
+
+def encode_pairs(tokenizer, pairs: list[PreferencePair], max_length: int) -> tuple[list[tuple], int]:
+    """``(chosen ids, rejected ids, margin)`` per pair, each side cut to its last
+    ``max_length`` tokens; and how many sides were cut."""
+    encoded, cut = [], 0
+    for pair in pairs:
+        try:
+            sides = [reward_input_ids(tokenizer, pair.prompt, reply) for reply in (pair.chosen, pair.rejected)]
+        except Exception as err:  # a chat template may raise anything (jinja errors, bad roles)
+            raise ValueError(f"{pair.source}: cannot render with the chat template: {err}") from None
+        cut += sum(len(s) > max_length for s in sides)
+        encoded.append((sides[0][-max_length:], sides[1][-max_length:], pair.margin))
+    return encoded, cut
+
+
+def prepare(cfg: RayppoConfig) -> tuple[list[tuple], list[tuple], int]:
+    """Everything checked before Ray starts: (train pairs, held-out pairs, pad id)."""
+    from transformers import AutoTokenizer
+
+    from learners.models import model_dir_error
+
+    rc = cfg.rm
+    field = "rm.base_path" if rc.base_path else "rm.base_path (default: sft.output_dir)"
+    rc.base_path = rc.base_path or cfg.sft.output_dir
+    problem = model_dir_error(rc.base_path)
+    if problem:
+        raise ValueError(f"{field}: {problem}")
+    from pipeline import preflight
+
+    preflight.model_config(rc.base_path, field)  # config.json parses
+    preflight.check_output_dir(rc.output_dir, "rm.output_dir")
+    if rc.batch_size % rc.num_workers:
+        raise ValueError(f"rm.batch_size={rc.batch_size} must be divisible by rm.num_workers={rc.num_workers}")
+    train_pairs, eval_pairs = load_pair_splits(cfg)
+    if not train_pairs:
+        raise ValueError("rm: there are no training pairs")
+    tokenizer = AutoTokenizer.from_pretrained(rc.base_path, trust_remote_code=cfg.model.trust_remote_code)
+    if not tokenizer.chat_template:
+        raise ValueError(f"{field}: the tokenizer of {rc.base_path!r} has no chat template to render pairs with")
+    train, cut = encode_pairs(tokenizer, train_pairs, rc.max_length)
+    held_out, eval_cut = encode_pairs(tokenizer, eval_pairs, rc.max_length)
+    if cut or eval_cut:
+        print(f"rm: {cut} training and {eval_cut} held-out replies kept only their last rm.max_length={rc.max_length} tokens")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError(f"{field}: the tokenizer of {rc.base_path!r} has neither a pad nor an eos token")
+    return train, held_out, int(pad_id)
+
+
+def run_rm(cfg: RayppoConfig) -> str:
+    """Train and save ``rm.output_dir``; returns its path."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.ray_setup import init_ray
+    from pipeline.tracking import format_table
+
+    rc = cfg.rm
+    train, held_out, pad_id = prepare(cfg)
+    # Ray Train workers run in directories of their own: hand them absolute paths.
+    rc.base_path = os.path.abspath(rc.base_path) if os.path.isdir(rc.base_path) else rc.base_path
+    rc.output_dir = os.path.abspath(rc.output_dir)
+    rc.log_dir = os.path.abspath(rc.log_dir)
+    init_ray(cfg)
+    use_gpu = cfg.resources.gpus_per_learner > 0
+    from learners.reward_trainer import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "train": train, "eval": held_out, "pad_id": pad_id, "tokenizer_path": rc.base_path},
+        scaling_config=ScalingConfig(
+            num_workers=rc.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.resources.cpus_per_learner, **({"GPU": cfg.resources.gpus_per_learner} if use_gpu else {})},
+        ),
+        run_config=RunConfig(name="rm", storage_path=os.path.join(os.path.dirname(rc.output_dir), "ray_results")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    final = result.metrics or {}
+    rows = [(k, f"{final[k]:.4f}") for k in ("rm/loss", "rm/eval_accuracy", "rm/eval_margin", "stats_mean", "stats_std") if k in final]
+    print(f"rm: wrote {rc.output_dir} ({len(train)} training pairs, {len(held_out)} held-out)")
+    if rows:
+        print(format_table(rows, ("metric", "value")))
+    return rc.output_dir
