@@ -103,7 +103,7 @@ def run(args) -> dict:
     rows = [PromptRow([{"role": "user", "content": f"Question {i}: tell me a story."}], None, f"row {i}",
                       metadata={"conversation": i}) for i in range(args.conversations)]
     engine = VLLMEngine(path, seed=args.seed, max_model_len=64 + per_conversation + 8, kv_cache_gib=1,
-                        torch_threads=args.threads, chunked_prefill=False)
+                        torch_threads=args.threads)
     loop = ConversationLoop(engine, tokens, load_env(cfg.env, rows[0]), Limits.from_config(cfg),
                             turn_limit=lambda conversation, turn: limits_table[conversation][turn])
     sampling = Sampling(n=1, temperature=1.0, ignore_eos=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, TextIO
 
 from pipeline.model_path import resolve_model_path
+from pipeline.data import token_ids
 
 ENGINES = ("vllm", "hf")
 # Control characters a model may emit (escape sequences could rewrite the terminal); the
@@ -55,16 +56,6 @@ class ChatSampling:
         return self
 
 
-def _token_ids(encoded) -> list[int]:
-    # transformers 5 returns a BatchEncoding from apply_chat_template, older versions a list.
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], (list, tuple)):
-        encoded = encoded[0]
-    return [int(t) for t in encoded]
-
 
 class _ChatEngineBase:
     """Rendering and locking shared by the engines. One reply is generated at a time: the lock
@@ -79,7 +70,7 @@ class _ChatEngineBase:
     def encode(self, messages: list[dict]) -> list[int]:
         """Token ids of ``messages`` rendered with the chat template, ending with the prompt of
         the assistant's next turn."""
-        return _token_ids(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return token_ids(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
     def stream(self, messages: list[dict], sampling: ChatSampling, seed: int) -> Iterator[str]:
         """The reply to ``messages`` as text pieces, as they are generated. Closing the iterator

@@ -264,8 +264,9 @@ def load_prompt_splits(data_cfg) -> tuple[list[PromptRow], list[PromptRow]]:
     return train_rows, _load_files(list(data_cfg.eval_files), data_cfg)
 
 
-def _token_ids(encoded: Any, source: str) -> list[int]:
-    # transformers 5 returns a BatchEncoding by default, older versions a plain list.
+def token_ids(encoded: Any, source: str = "chat template") -> list[int]:
+    """``apply_chat_template(..., tokenize=True)`` output (or a tokenizer call's) as a list of
+    ids: transformers 5 returns a BatchEncoding by default, older versions a plain list."""
     if hasattr(encoded, "keys") and "input_ids" in encoded:
         encoded = encoded["input_ids"]
     if hasattr(encoded, "tolist"):
@@ -283,7 +284,7 @@ def encode_prompts(tokenizer, rows: list[PromptRow], max_prompt_tokens: int) -> 
         raise ValueError(f"data.max_prompt_tokens={max_prompt_tokens!r} must be an integer >= 1")
     encoded = []
     for row in rows:
-        ids = _token_ids(
+        ids = token_ids(
             tokenizer.apply_chat_template(row.messages, add_generation_prompt=True, tokenize=True),
             row.source,
         )

@@ -152,9 +152,9 @@ def reward_input_ids(tokenizer, prompt: list[dict], reply: list[dict] | str) -> 
     """Token ids a reward model scores for ``reply`` to ``prompt``: the conversation rendered
     and tokenized by ``tokenizer``'s chat template without a generation prompt, exactly as the
     ``model`` reward source renders a sample (``rollout_workers/reward_model.py``)."""
-    from pipeline.data import _token_ids
+    from pipeline.data import token_ids
 
     if isinstance(reply, str):
         reply = [{"role": "assistant", "content": reply}]
     chat = list(prompt) + list(reply)
-    return _token_ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False), "reward model input")
+    return token_ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False), "reward model input")

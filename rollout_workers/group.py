@@ -88,7 +88,6 @@ def engine_kwargs(cfg: RayppoConfig) -> dict:
         kv_cache_gib=rc.kv_cache_gib,
         enforce_eager=rc.enforce_eager,
         torch_threads=rc.torch_threads,
-        chunked_prefill=cfg.env.class_path is None,  # see VLLMEngine: multi-turn turns are seeded
     )
 
 

@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from pipeline.data import token_ids
+
 PLACEHOLDERS = ("conversation", "prompt", "completion", "reference", "response_a", "response_b")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
@@ -87,15 +89,6 @@ def parse_preference(text: str) -> Optional[float]:
     return _verdict_score(match.group(1)) if match else None
 
 
-def _token_ids(encoded) -> list[int]:
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], (list, tuple)):
-        encoded = encoded[0]
-    return [int(t) for t in encoded]
-
 
 class LLMJudge:
     """Generates judge replies for rendered prompts and parses their scores."""
@@ -156,8 +149,8 @@ class LLMJudge:
         """The judge prompt as the judge model's user turn (raw text without a chat template)."""
         if getattr(self.tokenizer, "chat_template", None):
             chat = [{"role": "user", "content": prompt}]
-            return _token_ids(self.tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True))
-        return _token_ids(self.tokenizer(prompt)["input_ids"])
+            return token_ids(self.tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True))
+        return token_ids(self.tokenizer(prompt)["input_ids"])
 
     def generate(self, prompts: list[str]) -> list[Optional[str]]:
         """The judge's reply to each prompt; None for a prompt that does not fit the context."""

@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from pipeline.data import token_ids
+
 STATS_FILE = "reward_stats.json"
 
 
@@ -35,15 +37,6 @@ def read_stats(model_path: str) -> Optional[tuple[float, float]]:
         raise ValueError(f"{path}: mean must be finite and std > 0, got mean={mean}, std={std}")
     return mean, std
 
-
-def _token_ids(encoded) -> list[int]:
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], (list, tuple)):
-        encoded = encoded[0]
-    return [int(t) for t in encoded]
 
 
 class RewardModelScorer:
@@ -92,7 +85,7 @@ class RewardModelScorer:
     def encode(self, messages: list[dict], completion: str) -> tuple[list[int], bool]:
         """Token ids of the conversation ending with the reply, and whether it was cut."""
         chat = list(messages) + [{"role": "assistant", "content": completion}]
-        ids = _token_ids(self.tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False))
+        ids = token_ids(self.tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False))
         if len(ids) > self.max_length:
             return ids[-self.max_length:], True
         return ids, False

@@ -84,12 +84,7 @@ class VLLMEngine:
         kv_cache_gib: float = 1.0,
         enforce_eager: bool = True,
         torch_threads: int = 0,
-        chunked_prefill: bool = True,
     ):
-        """``chunked_prefill=False``: on CPU, every prompt is prefilled within one engine step.
-        The multi-turn loop needs it: it adds long seeded turns while others decode, and when
-        vLLM-CPU splits such a prefill it rewinds the request's random generator, which CPU
-        generators cannot do ("CPU Generator does not use offset")."""
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             configure_cpu_environment(kv_cache_gib)
@@ -103,7 +98,11 @@ class VLLMEngine:
         if dtype == "auto":
             dtype = "bfloat16" if on_gpu else "float32"
         whole_prefills = {}
-        if not chunked_prefill and not on_gpu:
+        if not on_gpu:
+            # On CPU every prompt is prefilled within one engine step. Every request is seeded,
+            # and when vLLM-CPU splits a seeded prefill across steps it rewinds the request's
+            # generator, which CPU generators cannot do ("CPU Generator does not use offset"):
+            # the engine dies. Batches of many prompts and multi-turn loops both hit it.
             whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
         self.llm = LLM(
             model=model_path,

@@ -141,14 +141,14 @@ class UserModel:
             self.engine = HFEngine(user.model_path, **engine_kwargs)
 
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
-        from pipeline.data import _token_ids
+        from pipeline.data import token_ids
 
         budget = self.cfg.max_model_len - self.cfg.max_tokens
         system = messages[:1] if messages and messages[0]["role"] == "system" else []
         turns = list(messages[len(system):])
         while True:
             encoded = self.tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True)
-            ids = _token_ids(encoded, "env.user")
+            ids = token_ids(encoded, "env.user")
             if len(ids) <= budget:
                 return ids
             if len(turns) <= 1:
