@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 
 import torch
@@ -166,7 +165,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from learners.models import resolve_dtype, shard
     from learners.stage_log import StageLog
-    from pipeline.sft import lr_factor
+    from learners.stage_order import EpochOrder
+    from learners.sft_trainer import lr_factor
 
     cfg = loop_config["cfg"]
     train, held_out, pad_id = loop_config["train"], loop_config["eval"], loop_config["pad_id"]
@@ -184,18 +184,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, rc.warmup_steps, rc.steps))
     log = StageLog(rank, "rm", rc.log_dir, cfg, rc.steps, bar_keys=("rm/loss", "rm/eval_accuracy"))
     per_rank = rc.batch_size // world
-    order_rng = random.Random(cfg.seed)
-    order: list[int] = []
+    order = EpochOrder(len(train), rc.batch_size, cfg.seed)
     metrics: dict[str, float] = {}
     if held_out:
         log.log(0, evaluate(model, held_out, pad_id, device, rank, world, per_rank, rc.center_coef))
     for step in range(1, rc.steps + 1):
-        if len(order) < rc.batch_size:
-            fresh = list(range(len(train)))
-            order_rng.shuffle(fresh)
-            order += fresh
-        batch, order = order[: rc.batch_size], order[rc.batch_size :]
-        mine = [train[i] for i in batch[rank * per_rank : (rank + 1) * per_rank]]
+        mine = [train[i] for i in order.next_share(rank, world)]
         r_chosen, r_rejected, margin = score_pairs(model, mine, pad_id, device)
         # Every rank holds the same number of pairs, so FSDP2's gradient average is the mean
         # over the whole batch.

@@ -113,6 +113,22 @@ def evaluate_model(cfg: RayppoConfig, path: str, rows, samples: int, rm_scorer, 
     return result
 
 
+def sample_pair_agreement(gold: np.ndarray, rm: np.ndarray, per_prompt: int, min_gap: float = 0.05) -> dict:
+    """How often the RM orders two sampled replies to the same prompt as gold does, over the
+    pairs whose gold scores differ by at least ``min_gap`` (a tie in RM counts half): the RM's
+    accuracy on the replies a policy actually writes, not on the annotated pairs."""
+    gold, rm = gold.reshape(-1, per_prompt), rm.reshape(-1, per_prompt)
+    agree, pairs = 0.0, 0
+    for g, r in zip(gold, rm):
+        for i in range(per_prompt):
+            for j in range(i + 1, per_prompt):
+                if np.isnan(g[i]) or np.isnan(g[j]) or np.isnan(r[i]) or np.isnan(r[j]) or abs(g[i] - g[j]) < min_gap:
+                    continue
+                pairs += 1
+                agree += 0.5 if r[i] == r[j] else float((r[i] > r[j]) == (g[i] > g[j]))
+    return {"accuracy": agree / pairs if pairs else float("nan"), "pairs": pairs}
+
+
 def gap_over_steps(metrics_path: str, rm_name: str, gold_name: str) -> list[dict]:
     """Per logged step: the RM and gold means of the rollouts, and the held-out evaluation."""
     if not os.path.isfile(metrics_path):
@@ -184,6 +200,9 @@ def build_report(cfg: RayppoConfig, samples: int = 4, limit: Optional[int] = Non
     low, high = bootstrap_interval(diff, seed=cfg.seed)
     report["gold_gain"] = {"mean": float(diff.mean()), "ci95": [low, high], "per_prompt_std": float(diff.std(ddof=1)),
                            "rl_wins": float(np.mean(diff > 0)), "ties": float(np.mean(diff == 0))}
+    report["rm_on_samples"] = {
+        name: sample_pair_agreement(models[name]["sampled"]["gold"], models[name]["sampled"]["rm"], samples) for name in models
+    }
     rl = models["rl"]
     flat_prompts = [p for p in rl["prompts"] for _ in range(samples)]
     replies = rl["sampled"]["ids"]
@@ -208,6 +227,10 @@ def format_report(report: dict) -> str:
     rm_eval = report["rm_eval"]
     lines.append(f"reward model: held-out pairwise accuracy {_fmt(rm_eval.get('pairwise_accuracy'))} on "
                  f"{rm_eval.get('pairs', '?')} pairs, mean margin {_fmt(rm_eval.get('mean_margin'))}")
+    on_samples = report.get("rm_on_samples", {})
+    if on_samples:
+        lines.append("reward model on the policies' own samples (pairs of replies to one prompt, gold gap >= 0.05): "
+                     + ", ".join(f"{name.upper()} {_fmt(v['accuracy'])} of {v['pairs']}" for name, v in on_samples.items()))
     rows = []
     for mode in ("sampled", "greedy"):
         for name in ("sft", "rl"):

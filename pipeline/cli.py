@@ -89,7 +89,7 @@ def cmd_serve_reward(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from pipeline.sweep import run_sweep
+    from pipeline.tune.sweep import run_sweep
 
     run_sweep(args.cfg, resume=args.resume)
 

@@ -32,7 +32,7 @@ from pipeline.chat_config import MonitorsConfig, RMConfig
 from pipeline.config_checks import _coerce, _hints, _is_section, _short, _validate
 from pipeline.envs.config import EnvConfig
 from pipeline.rewards.config import RewardConfig
-from pipeline.tune_config import TuneConfig
+from pipeline.tune.config import TuneConfig
 
 
 @dataclass
@@ -46,6 +46,8 @@ class InitModelConfig:
     preset: str = "tiny"
     """Size preset: ``tiny`` (2 layers, hidden 128), ``debug`` (4 layers, hidden 256),
     ``small`` (8 layers, hidden 512) or ``0.5b`` (the Qwen2.5-0.5B shape)."""
+    num_layers: Optional[int] = None
+    """Depth of the model instead of the preset's (its widths kept); ``None``: the preset's."""
     vocab_size: int = 1024
     """Target vocabulary size of the byte-level BPE tokenizer trained on the task text."""
     corpus_size: int = 20000

@@ -353,8 +353,8 @@ def _validate(cfg: RayppoConfig) -> None:
 
 
 def _tune_errors(cfg: RayppoConfig, base_valid: bool) -> list[str]:
-    """Rules of the ``tune`` section (the search space itself: :mod:`pipeline.search_space`)."""
-    from pipeline.search_space import search_space_errors  # imports this module
+    """Rules of the ``tune`` section (the search space itself: :mod:`pipeline.tune.search_space`)."""
+    from pipeline.tune.search_space import search_space_errors  # imports this module
 
     tc = cfg.tune
     errors = []

@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-_ROLES = ("system", "user", "assistant")
+from pipeline.messages import clean_messages
+
 # End-of-turn markers of common chat templates; a turn's mask ends after the first one that
 # follows its content (the tokenizer's own eos token is always tried first).
 _END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
@@ -43,19 +44,7 @@ class Conversation:
 def check_conversation(messages: Any, where: str, key: str = "messages") -> list[dict]:
     """``messages`` as a clean list of ``{"role", "content"}`` dicts with at least one assistant
     turn, each after some other message; raises ``ValueError`` naming ``where`` and the field."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"{where}: field {key!r}: must be a non-empty list of {{'role', 'content'}} dicts")
-    checked = []
-    for i, message in enumerate(messages):
-        field = f"{key}[{i}]"
-        if not isinstance(message, dict):
-            raise ValueError(f"{where}: field {field!r}: must be a dict, got {type(message).__name__}")
-        role, content = message.get("role"), message.get("content")
-        if role not in _ROLES:
-            raise ValueError(f"{where}: field {field!r}: role {role!r} is not one of {list(_ROLES)}")
-        if not isinstance(content, str):
-            raise ValueError(f"{where}: field {field!r}: content must be a string, got {type(content).__name__}")
-        checked.append({"role": role, "content": content})
+    checked = clean_messages(messages, where, key)
     if checked[0]["role"] == "assistant":
         raise ValueError(f"{where}: field {key + '[0]'!r}: a conversation must open with a system or user message")
     if not any(m["role"] == "assistant" for m in checked):

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from pipeline import tasks
+from pipeline.messages import clean_messages
 
-_ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -55,24 +55,9 @@ def _answer_text(value: Any, where: str, answer_key: str) -> str | None:
 
 
 def _check_messages(messages: Any, where: str, key: str) -> list[dict]:
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"{where}: {key!r} must be a non-empty list of {{'role', 'content'}} dicts")
-    checked = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValueError(f"{where}: {key!r}[{i}] must be a dict, got {type(message).__name__}")
-        role, content = message.get("role"), message.get("content")
-        if role not in _ROLES:
-            raise ValueError(f"{where}: {key!r}[{i}] has role {role!r}; expected one of {list(_ROLES)}")
-        if not isinstance(content, str):
-            raise ValueError(
-                f"{where}: {key!r}[{i}] content must be a string, got {type(content).__name__}"
-            )
-        checked.append({"role": role, "content": content})
+    checked = clean_messages(messages, where, key)
     if checked[-1]["role"] != "user":
-        raise ValueError(
-            f"{where}: {key!r} must end with a 'user' message, got {checked[-1]['role']!r}"
-        )
+        raise ValueError(f"{where}: field {key!r}: must end with a 'user' message, got {checked[-1]['role']!r}")
     return checked
 
 

@@ -112,8 +112,9 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> transformers.PreTraine
     return tokenizer
 
 
-def build_model(architecture: str, preset: str, tokenizer, seed: int) -> transformers.PreTrainedModel:
-    """A randomly initialised (float32) causal LM sized by ``preset`` for ``tokenizer``."""
+def build_model(architecture: str, preset: str, tokenizer, seed: int, num_layers: int | None = None) -> transformers.PreTrainedModel:
+    """A randomly initialised (float32) causal LM sized by ``preset`` (``num_layers`` deep
+    when given) for ``tokenizer``."""
     if architecture not in _ARCHITECTURES:
         raise ValueError(
             f"init.architecture={architecture!r} is not supported; choose one of {sorted(_ARCHITECTURES)}"
@@ -122,6 +123,10 @@ def build_model(architecture: str, preset: str, tokenizer, seed: int) -> transfo
         raise ValueError(f"init.preset={preset!r} is unknown; choose one of {list(PRESETS)}")
     config_cls, model_cls = _ARCHITECTURES[architecture]
     sizes = dict(PRESETS[preset])
+    if num_layers is not None:
+        if num_layers < 1:
+            raise ValueError(f"init.num_layers={num_layers!r} must be at least 1 (or null: the preset's depth)")
+        sizes["num_hidden_layers"] = num_layers
     rope_theta = sizes.pop("rope_theta")
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos_id is None or pad_id is None:
@@ -200,7 +205,7 @@ def init_model(init_cfg, data_cfg) -> str:
     """Train a tokenizer on the task text, build a random model, save both; return the path."""
     texts = _corpus(init_cfg, data_cfg)
     tokenizer = train_tokenizer(texts, init_cfg.vocab_size)
-    model = build_model(init_cfg.architecture, init_cfg.preset, tokenizer, init_cfg.seed)
+    model = build_model(init_cfg.architecture, init_cfg.preset, tokenizer, init_cfg.seed, init_cfg.num_layers)
     out = os.path.normpath(init_cfg.output_dir)
     tmp = out + ".tmp"
     if os.path.exists(tmp):

@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-_ROLES = ("system", "user", "assistant")
+from pipeline.messages import clean_messages
+
 
 
 @dataclass
@@ -43,17 +44,7 @@ def _messages(value: Any, where: str, field: str, default_role: str) -> list[dic
         return [{"role": default_role, "content": value}]
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"{where}: field {field!r}: must be a string or a non-empty list of {{'role', 'content'}} dicts")
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise ValueError(f"{where}: field {field!r}: item {i} must be a dict, got {type(message).__name__}")
-        role, content = message.get("role"), message.get("content")
-        if role not in _ROLES:
-            raise ValueError(f"{where}: field {field!r}: item {i} has role {role!r}; expected one of {list(_ROLES)}")
-        if not isinstance(content, str):
-            raise ValueError(f"{where}: field {field!r}: item {i} content must be a string, got {type(content).__name__}")
-        out.append({"role": role, "content": content})
-    return out
+    return clean_messages(value, where, field)
 
 
 def _check_reply(reply: list[dict], where: str, field: str) -> list[dict]:

@@ -86,6 +86,7 @@ from typing import Any, Optional
 from pipeline.data import PromptRow
 from pipeline.envs.calls import EnvCaller, EnvStats
 from pipeline.envs.config import EnvConfig
+from pipeline.messages import clean_messages
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +140,7 @@ def check_opening(value: Any, env_name: str) -> list[dict]:
     where = f"env.class={env_name}: reset() returned"
     if not isinstance(value, (list, tuple)) or not value:
         raise EnvReturnError(f"{where} {_short(value)}; expected a non-empty list of message dicts")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise EnvReturnError(f"{where} a {type(message).__name__} at [{i}]; expected a message dict")
-        role, content = message.get("role"), message.get("content")
-        if role not in OPENING_ROLES:
-            raise EnvReturnError(f"{where} role {role!r} at [{i}]; expected one of {list(OPENING_ROLES)}")
-        if not isinstance(content, str):
-            raise EnvReturnError(f"{where} {type(content).__name__} content at [{i}]; expected a string")
-        messages.append({"role": role, "content": content})
+    messages = clean_messages(value, where, "messages", OPENING_ROLES, EnvReturnError)
     if messages[-1]["role"] != "user":
         raise EnvReturnError(f"{where} messages ending with role {messages[-1]['role']!r}; the last must be 'user'")
     return messages

@@ -199,9 +199,10 @@ class UserModelServer:
     answered together in its next call, so concurrent conversations share forward passes.
     The engine lives on one dedicated thread; the actor's event loop only queues."""
 
-    def __init__(self, user: dict):
+    def __init__(self, user: dict, model: Optional["UserModel"] = None):
         self._engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rayppo-user-engine")
-        self.model = self._engine_thread.submit(UserModel, UserConfig(**user)).result()
+        # ``model``: anything with UserModel's ``reply``; None builds the engine on its thread.
+        self.model = model or self._engine_thread.submit(UserModel, UserConfig(**user)).result()
         self._pending: list[tuple[list[dict], int, asyncio.Future]] = []
         self._flusher: Optional[asyncio.Task] = None
         self.calls = 0

@@ -37,24 +37,31 @@ class RequestFailed(Exception):
         self.at = time.monotonic()
 
 
-def read_token(spec, index: int) -> Optional[str]:
-    """The bearer token a source sends, from its environment variable or file."""
-    where = f"reward.sources[{index}]"
-    if spec.token_env:
-        token = os.environ.get(spec.token_env, "").strip()
-        if not token:
-            raise ValueError(f"{where}.token_env (source {spec.name!r}): environment variable {spec.token_env!r} is not set")
-        return token
-    if spec.token_file:
+def token_from(token_env: Optional[str], token_file: Optional[str], field: str, owner: str = "") -> Optional[str]:
+    """A bearer token from ``token_file`` (first) or the environment variable ``token_env``;
+    ``None`` when neither is set. A file that cannot be read, or is empty, raises a
+    ``ValueError`` naming the setting (``field`` + ``.token_file``, then ``owner``), and so does a
+    named variable that is unset; the reward server's own token is read the same way."""
+    if token_file:
         try:
-            with open(os.path.expanduser(spec.token_file), encoding="utf-8") as f:
+            with open(os.path.expanduser(token_file), encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as e:
-            raise ValueError(f"{where}.token_file (source {spec.name!r}): cannot read {spec.token_file!r} ({e.strerror or e})") from None
+            raise ValueError(f"{field}.token_file{owner}: cannot read {token_file!r} ({e.strerror or e})") from None
         if not token:
-            raise ValueError(f"{where}.token_file (source {spec.name!r}): {spec.token_file!r} is empty")
+            raise ValueError(f"{field}.token_file{owner}: {token_file!r} is empty")
+        return token
+    if token_env:
+        token = os.environ.get(token_env, "").strip()
+        if not token:
+            raise ValueError(f"{field}.token_env{owner}: environment variable {token_env!r} is not set")
         return token
     return None
+
+
+def read_token(spec, index: int) -> Optional[str]:
+    """The bearer token a source sends, from its environment variable or file."""
+    return token_from(spec.token_env, spec.token_file, f"reward.sources[{index}]", f" (source {spec.name!r})")
 
 
 def request_rows(request: ScoreRequest) -> list[dict]:

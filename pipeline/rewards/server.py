@@ -14,27 +14,23 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 from typing import Any, Optional
 
 from pipeline.rewards import RewardSet
 from pipeline.rewards.base import ScoreRequest
 from pipeline.rewards.config import RewardServerConfig
+from pipeline.rewards.http import token_from
 
 
 def resolve_token(server: RewardServerConfig) -> Optional[str]:
     """The token clients must send: ``token_file`` if set, else ``$token_env``; ``None`` only
     with ``allow_unauthenticated``."""
-    if server.token_file:
-        try:
-            with open(os.path.expanduser(server.token_file), encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise ValueError(f"reward.server.token_file: cannot read {server.token_file!r} ({e.strerror or e})") from None
-        if not token:
-            raise ValueError(f"reward.server.token_file: {server.token_file!r} is empty")
-        return token
-    token = os.environ.get(server.token_env, "").strip() if server.token_env else ""
+    try:
+        token = token_from(server.token_env, server.token_file, "reward.server")
+    except ValueError:
+        if server.token_file:
+            raise
+        token = None  # the default variable unset: no token, unless unauthenticated is allowed
     if token:
         return token
     if server.allow_unauthenticated:

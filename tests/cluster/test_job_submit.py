@@ -5,41 +5,20 @@ placement checked afterwards."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.local_cluster import REPO, running_cluster
+
 JOB_TIMEOUT_S = 240
-
-
-def _load_local_cluster():
-    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-local_cluster = _load_local_cluster()
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    # Short path: Ray's unix sockets live under it and must stay below 108 characters.
-    temp_dir = tempfile.mkdtemp(prefix="rpc", dir="/tmp")
-    started = local_cluster.start(temp_dir)
-    try:
+    with running_cluster("rpc") as started:
         yield started
-    finally:
-        local_cluster.stop(started)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _job_client(cluster):

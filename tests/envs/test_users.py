@@ -125,3 +125,36 @@ def test_user_model_on_the_transformers_engine(tiny_model):
     huge = [{"role": "system", "content": "x"}, {"role": "user", "content": "Compute 1+1. " * 40}]
     (error,) = model.reply([(huge, 0)])
     assert isinstance(error, ValueError) and "env.user.max_model_len (64)" in str(error)
+
+
+class _CountingModel:
+    """Stands in for the engine (the real one is tests/envs/test_envs_on_ray.py): records how
+    many requests each call served."""
+
+    def __init__(self, fail: bool = False):
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def reply(self, requests):
+        self.batches.append(len(requests))
+        if self.fail:
+            raise RuntimeError("engine died")
+        return [f"reply {seed}" for _, seed in requests]
+
+
+def test_user_server_answers_requests_that_arrive_together_in_one_engine_call():
+    import asyncio
+
+    from pipeline.envs.users import UserModelServer
+
+    async def ask(server, n):
+        return await asyncio.gather(*(server.reply([{"role": "user", "content": "hi"}], seed) for seed in range(n)),
+                                    return_exceptions=True)
+
+    model = _CountingModel()
+    server = UserModelServer({}, model=model)
+    assert asyncio.run(ask(server, 4)) == [f"reply {s}" for s in range(4)]
+    assert model.batches == [4] and server.engine_calls() == 1
+    broken = UserModelServer({}, model=_CountingModel(fail=True))
+    answers = asyncio.run(ask(broken, 3))
+    assert all(isinstance(a, RuntimeError) and "engine died" in str(a) for a in answers)  # every waiter fails, none hangs

@@ -181,7 +181,7 @@ CASES = [
     # -------------------------------------------------------- preference pairs
     Case("pair-missing-rejected", ("pairs.jsonl: row 2", "'rejected'", "missing"), command="rm",
          prepare=_pairs([_GOOD_PAIR, {"prompt": "hi", "chosen": "hello"}])),
-    Case("pair-bad-role", ("pairs.jsonl: row 1", "'chosen'", "role"), command="rm",
+    Case("pair-bad-role", ("pairs.jsonl: row 1", "'chosen[0]'", "role"), command="rm",
          prepare=_pairs([{"prompt": "hi", "chosen": [{"role": "robot", "content": "x"}], "rejected": "no"}])),
     Case("pair-bad-margin", ("pairs.jsonl: row 1", "'margin'", "finite"), command="rm",
          prepare=_pairs([{**_GOOD_PAIR, "margin": "big"}])),

@@ -5,13 +5,9 @@ writes a checkpoint, then retried as KubeRay's ``backoffLimit`` retries it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,34 +16,17 @@ import yaml
 
 from pipeline import fault_injection
 from tests.faults.conftest import RUN_OVERRIDES, STEPS, logged_steps, max_weight_difference
+from tests.local_cluster import REPO, local_cluster, running_cluster
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT_S = 240
-
-
-def _load_local_cluster():
-    spec = importlib.util.spec_from_file_location("local_cluster", REPO / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-local_cluster = _load_local_cluster()
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    # Short path: Ray's unix sockets live under it and must stay below 108 characters.
-    temp_dir = tempfile.mkdtemp(prefix="rpf", dir="/tmp")
-    started = local_cluster.start(temp_dir)
-    try:
+    with running_cluster("rpf", grace_s=5.0) as started:
         yield started
-    finally:
-        local_cluster.stop(started, grace_s=5.0)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _client(cluster):

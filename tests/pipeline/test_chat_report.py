@@ -72,3 +72,14 @@ def test_source_names_come_from_the_config():
 
     cfg = load_config("configs/chat_rlhf.yaml")
     assert chat_report._source_names(cfg) == ("rm", "gold", "runs/chat_rlhf/rm")
+
+
+def test_sample_pair_agreement_counts_pairs_gold_separates():
+    # Two prompts, three samples each. Prompt 1: RM agrees on (0,1) and (0,2), disagrees on
+    # (1,2); prompt 2: (0,1) is too close in gold to count, the RM ties (0,2) (half) and
+    # agrees on (1,2).
+    gold = np.array([0.9, 0.5, 0.1, 0.50, 0.52, 0.9])
+    rm = np.array([2.0, 1.0, 1.5, 0.3, 0.0, 0.3])
+    result = chat_report.sample_pair_agreement(gold, rm, per_prompt=3)
+    assert result["pairs"] == 5 and result["accuracy"] == pytest.approx(3.5 / 5)
+    assert chat_report.sample_pair_agreement(np.array([0.5, 0.5]), np.array([1.0, 0.0]), 2)["pairs"] == 0

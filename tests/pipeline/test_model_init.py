@@ -74,6 +74,10 @@ def test_build_model_validation_and_seeding(tokenizer):
     assert a.generation_config.pad_token_id == tokenizer.pad_token_id
     wa, wb, wc = (m.model.layers[0].mlp.up_proj.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    deeper = model_init.build_model("qwen2", "tiny", tokenizer, seed=1, num_layers=3)
+    assert deeper.config.num_hidden_layers == 3 and deeper.config.hidden_size == a.config.hidden_size
+    with pytest.raises(ValueError, match=r"init\.num_layers=0"):
+        model_init.build_model("qwen2", "tiny", tokenizer, 0, num_layers=0)
 
 
 def test_init_model_saves_loadable_model(tmp_path):

@@ -56,8 +56,8 @@ def test_renamed_columns():
         ({"chosen": "c", "rejected": "r"}, r"field 'prompt': missing; string replies need a prompt"),
         ({"prompt": "p", "chosen": 3, "rejected": "r"}, r"field 'chosen': must be a string or a non-empty list"),
         ({"prompt": "p", "chosen": [], "rejected": "r"}, r"field 'chosen': must be a string or a non-empty list"),
-        ({"prompt": "p", "chosen": [{"role": "bot", "content": "x"}], "rejected": "r"}, r"field 'chosen': item 0 has role 'bot'"),
-        ({"prompt": "p", "chosen": [{"role": "assistant", "content": 1}], "rejected": "r"}, r"field 'chosen': item 0 content"),
+        ({"prompt": "p", "chosen": [{"role": "bot", "content": "x"}], "rejected": "r"}, r"field 'chosen\[0\]': role 'bot' is not one of"),
+        ({"prompt": "p", "chosen": [{"role": "assistant", "content": 1}], "rejected": "r"}, r"field 'chosen\[0\]': content"),
         ({"prompt": "p", "chosen": [USER], "rejected": "r"}, r"field 'chosen': the reply after the prompt must start with an assistant"),
         ({"prompt": [USER, GOOD], "chosen": "c", "rejected": "r"}, r"field 'prompt': must end with a user or system message"),
         ({"prompt": "p", "chosen": "c", "rejected": "r", "margin": "big"}, r"field 'margin': must be a finite number"),
@@ -131,25 +131,27 @@ def test_reward_input_is_the_rendered_conversation(tiny_model):
     assert tokenizer.decode(ids).endswith("5<|im_end|>\n")
 
 
-def test_rm_stage_rejects_bad_input_before_ray_starts(tiny_model, tmp_path):
-    import ray
-
+def test_rm_stage_rejects_bad_input_before_ray_starts(tiny_model, tmp_path, monkeypatch):
+    from pipeline import ray_setup
     from pipeline.config import load_config
-    from pipeline.rm import prepare
+    from pipeline.rm import run_rm
 
+    started = []
+    monkeypatch.setattr(ray_setup, "init_ray", lambda cfg: started.append(cfg))
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps(_rows()[0]) + "\n" + json.dumps({"prompt": "p", "chosen": "c", "rejected": 4}) + "\n")
 
     def cfg(*overrides):
-        return load_config(None, [f"rm.base_path={tiny_model}", f"rm.train_files=[{bad}]", *overrides])
+        return load_config(None, [f"rm.base_path={tiny_model}", f"rm.train_files=[{bad}]",
+                                  f"rm.output_dir={tmp_path / 'rm'}", *overrides])
 
     with pytest.raises(ValueError, match=rf"{bad}: row 2: field 'rejected'"):
-        prepare(cfg())
+        run_rm(cfg())
     with pytest.raises(ValueError, match=r"rm\.base_path \(default: sft\.output_dir\): model path .*does not exist"):
-        prepare(cfg("rm.base_path=null", f"sft.output_dir={tmp_path / 'no_sft'}"))
+        run_rm(cfg("rm.base_path=null", f"sft.output_dir={tmp_path / 'no_sft'}"))
     with pytest.raises(ValueError, match=r"rm\.train_files: empty, and data\.task is not 'support'"):
-        prepare(cfg("rm.train_files=[]"))
-    assert not ray.is_initialized()
+        run_rm(cfg("rm.train_files=[]"))
+    assert not started and not (tmp_path / "rm").exists()
 
 
 def test_rm_stage_encodes_pairs_as_the_reward_source_reads_them(tiny_model, tmp_path):

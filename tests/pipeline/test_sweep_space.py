@@ -10,8 +10,8 @@ import torch
 
 from pipeline.cli import main, parse
 from pipeline.config import load_config, save_config
-from pipeline.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
-from pipeline.sweep import TrialRow, best_row, policy_checksum, results_table, sweep_dir, trial_config
+from pipeline.tune.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
+from pipeline.tune.sweep import TrialRow, best_row, policy_checksum, results_table, sweep_dir, trial_config
 
 
 def space(text: str, *extra: str):

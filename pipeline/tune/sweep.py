@@ -28,7 +28,7 @@ from typing import Any, Iterable, Optional
 
 from learners import checkpoint
 from pipeline.config import RayppoConfig, resolve_storage, save_config
-from pipeline.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
+from pipeline.tune.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
 
 DEFAULT_STORAGE = "runs/sweeps"
 
