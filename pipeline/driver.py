@@ -8,6 +8,7 @@ The driver owns nothing heavy: engines live in :mod:`rollout_workers`, models an
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from typing import Callable, Optional
 
@@ -85,6 +86,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
+        """Start every role and make the first verified sync. A failure part-way shuts down
+        what had started (actors, then the placement group), so a long-lived Ray session (a
+        Tune trial, a notebook, a test run) gets its resources back."""
+        try:
+            self._setup()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _setup(self) -> None:
         from learners.group import LearnerGroup
         from pipeline.placement import Placement
         from pipeline.ray_setup import init_ray
@@ -469,7 +480,10 @@ class Trainer:
         for part in ("rewards", "multiturn", "rollouts", "learners"):
             handle: Optional[object] = getattr(self, part, None)
             if handle is not None:
-                handle.shutdown()
+                try:
+                    handle.shutdown()
+                except Exception as exc:  # noqa: BLE001 - the placement group is removed regardless
+                    print(f"shutdown: {part}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         placement = getattr(self, "placement", None)
         if placement is not None:
             placement.remove()  # after the actors that lived in it

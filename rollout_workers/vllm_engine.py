@@ -8,6 +8,8 @@ own in-place reload (``Worker.reload_weights``), invoked on every engine worker 
 from __future__ import annotations
 
 import os
+from typing import Optional
+
 import torch
 
 from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, sample_seed
@@ -70,6 +72,23 @@ def token_logprobs(tokens: list[int], entries) -> list[float]:
     return [entry[tok].logprob for tok, entry in zip(tokens, entries)]
 
 
+def whole_prefill_options(model_path: str, max_model_len: Optional[int], trust_remote_code: bool) -> dict:
+    """vLLM settings that prefill every prompt within one engine step (CPU engines).
+
+    Every request is seeded, and when vLLM-CPU splits a seeded prefill across steps it rewinds
+    the request's generator, which CPU generators cannot do ("CPU Generator does not use
+    offset"): the engine dies. Batches of many prompts and multi-turn loops both hit it. A step
+    must then hold the longest prompt: ``max_model_len``, or the model's own context length
+    when that is not set.
+    """
+    if max_model_len is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        max_model_len = getattr(config.get_text_config(), "max_position_embeddings", None) or 4096
+    return dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, int(max_model_len)))
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -97,13 +116,7 @@ class VLLMEngine:
 
         if dtype == "auto":
             dtype = "bfloat16" if on_gpu else "float32"
-        whole_prefills = {}
-        if not on_gpu:
-            # On CPU every prompt is prefilled within one engine step. Every request is seeded,
-            # and when vLLM-CPU splits a seeded prefill across steps it rewinds the request's
-            # generator, which CPU generators cannot do ("CPU Generator does not use offset"):
-            # the engine dies. Batches of many prompts and multi-turn loops both hit it.
-            whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
+        whole_prefills = {} if on_gpu else whole_prefill_options(model_path, max_model_len, trust_remote_code)
         self.llm = LLM(
             model=model_path,
             dtype=dtype,

@@ -70,3 +70,27 @@ def test_lost_engines_are_replaced_and_batches_unchanged(tiny_model, ray_session
             trainer.step()
     finally:
         trainer.shutdown()
+
+
+def test_a_setup_that_fails_part_way_gives_its_resources_back(tiny_model, ray_session, tmp_path, tiny_config, monkeypatch):
+    from ray.util import placement_group_table
+
+    from rollout_workers import group
+
+    def live_groups() -> set[str]:
+        return {pg_id for pg_id, pg in placement_group_table().items() if pg["state"] != "REMOVED"}
+
+    def engines_fail(self, *args, **kwargs):
+        raise RuntimeError("engines could not start")
+
+    before, free_before = live_groups(), ray.available_resources().get("CPU", 0.0)
+    # The placement group is reserved and the learner ranks are up when the engines fail.
+    monkeypatch.setattr(group.RolloutGroup, "__init__", engines_fail)
+    trainer = Trainer(tiny_config(tiny_model, str(tmp_path / "run")))
+    with pytest.raises(RuntimeError, match="engines could not start"):
+        trainer.setup()
+    assert live_groups() <= before
+    deadline = time.monotonic() + 30  # the raylet reports freed resources a moment later
+    while ray.available_resources().get("CPU", 0.0) < free_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0.0) >= free_before

@@ -100,7 +100,7 @@ def sources(tiny_model, tiny_reward_model, server_url, token_file) -> str:
 
 def run(cfg) -> None:
     trainer = Trainer(cfg)
-    trainer.setup()
+    trainer.setup()  # shuts down what it started when it fails
     try:
         trainer.train()
     finally:

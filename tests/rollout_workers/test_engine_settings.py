@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -50,3 +52,15 @@ def test_sampled_token_logprobs_read_from_both_vllm_layouts():
     options = _fast_output_options(SamplingParams)
     assert options["detokenize"] is False
     SamplingParams(logprobs=0, **options)
+
+
+def test_cpu_engines_prefill_whole_prompts_up_to_the_context_length(tiny_model, tmp_path):
+    from rollout_workers.vllm_engine import whole_prefill_options
+
+    assert whole_prefill_options(tiny_model, 8192, False) == {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}
+    assert whole_prefill_options(tiny_model, 256, False)["max_num_batched_tokens"] == 4096
+    # No max_model_len (the judge's default): the model's own context, from its config.
+    assert whole_prefill_options(tiny_model, None, False)["max_num_batched_tokens"] == 4096  # tiny: 512 positions
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 10000}))
+    assert whole_prefill_options(str(tmp_path), None, False)["max_num_batched_tokens"] == 10000
