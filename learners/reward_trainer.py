@@ -165,18 +165,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from learners.models import resolve_dtype, shard
     from learners.stage_log import StageLog
-    from learners.stage_order import EpochOrder
-    from learners.sft_trainer import lr_factor
+    from learners.stage import EpochOrder, lr_factor, rank_device
 
     cfg = loop_config["cfg"]
     train, held_out, pad_id = loop_config["train"], loop_config["eval"], loop_config["pad_id"]
     rc = cfg.rm
     rank, world = dist.get_rank(), dist.get_world_size()
-    on_gpu = torch.cuda.is_available() and cfg.resources.gpus_per_learner > 0
-    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
-    if not on_gpu:
-        torch.set_num_threads(cfg.resources.torch_threads)
-    torch.manual_seed(cfg.seed)
+    on_gpu, device = rank_device(cfg)
     model = load_reward_model(rc.base_path, resolve_dtype(cfg.model.dtype, on_gpu), pad_id, cfg.model.trust_remote_code)
     model.to(device)
     shard(model, on_gpu, mixed_precision=cfg.model.dtype == "auto")

@@ -16,14 +16,6 @@ Example = tuple[list[int], list[int]]
 """(token ids, assistant mask) of one conversation."""
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def collate_examples(examples: list[Example], pad_id: int):
     """``(input_ids, attention_mask, loss_mask)``, right-padded; ``loss_mask[b, t]`` is 1 where
     token ``t`` is an assistant token (the logits at ``t - 1`` predict it)."""
@@ -85,18 +77,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from learners.checkpoint import export_hf
     from learners.models import load_policy, resolve_dtype, shard
     from learners.stage_log import StageLog
-    from learners.stage_order import EpochOrder
+    from learners.stage import EpochOrder, lr_factor, rank_device
 
     cfg = loop_config["cfg"]
     examples, eval_examples = loop_config["examples"], loop_config["eval_examples"]
     pad_id = loop_config["pad_id"]
     sc = cfg.sft
     rank, world = dist.get_rank(), dist.get_world_size()
-    on_gpu = torch.cuda.is_available() and cfg.resources.gpus_per_learner > 0
-    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
-    if not on_gpu:
-        torch.set_num_threads(cfg.resources.torch_threads)
-    torch.manual_seed(cfg.seed)
+    on_gpu, device = rank_device(cfg)
     model = load_policy(sc.base_path, resolve_dtype(cfg.model.dtype, on_gpu), cfg.model.trust_remote_code)
     model.to(device)
     shard(model, on_gpu, mixed_precision=cfg.model.dtype == "auto")

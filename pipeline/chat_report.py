@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RayppoConfig
-from pipeline.tracking import format_table
+from pipeline.tracking import format_table, read_metrics_rows
 
 
 @torch.no_grad()
@@ -134,23 +134,18 @@ def gap_over_steps(metrics_path: str, rm_name: str, gold_name: str) -> list[dict
     if not os.path.isfile(metrics_path):
         return []
     rows = []
-    with open(metrics_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            row = {
-                "step": m.get("step"),
-                "rm": m.get(f"reward/{rm_name}/mean"),
-                "gold": m.get(f"reward/{gold_name}/mean"),
-                "eval_rm": m.get(f"eval/reward/{rm_name}/mean"),
-                "eval_gold": m.get("eval/accuracy"),
-                "kl": m.get("kl/mean"),
-                "length": m.get("response/length_mean"),
-            }
-            if any(v is not None for k, v in row.items() if k != "step"):
-                rows.append(row)
+    for m in read_metrics_rows(metrics_path):
+        row = {
+            "step": m.get("step"),
+            "rm": m.get(f"reward/{rm_name}/mean"),
+            "gold": m.get(f"reward/{gold_name}/mean"),
+            "eval_rm": m.get(f"eval/reward/{rm_name}/mean"),
+            "eval_gold": m.get("eval/accuracy"),
+            "kl": m.get("kl/mean"),
+            "length": m.get("response/length_mean"),
+        }
+        if any(v is not None for k, v in row.items() if k != "step"):
+            rows.append(row)
     return rows
 
 

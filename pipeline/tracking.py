@@ -178,7 +178,8 @@ class MetricsLogger:
         self.close()
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def read_metrics_rows(path: str) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (a line cut short by a crash is skipped)."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -201,7 +202,7 @@ def plot_curves(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = _read_jsonl(jsonl_path)
+    rows = read_metrics_rows(jsonl_path)
     series = {}
     for key in keys:
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None and "step" in r]

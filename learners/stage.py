@@ -1,8 +1,31 @@
-"""Which examples each step of a Ray Train stage (``rayppo sft``, ``rayppo rm``) reads."""
+"""What the workers of the Ray Train stages (``rayppo sft``, ``rayppo rm``) share: the rank's
+device, the order of the examples, the learning-rate schedule."""
 
 from __future__ import annotations
 
+import math
 import random
+
+
+def rank_device(cfg):
+    """``(on_gpu, device)`` of this rank, with torch's threads and seed set from ``cfg``."""
+    import ray.train
+    import torch
+
+    on_gpu = torch.cuda.is_available() and cfg.resources.gpus_per_learner > 0
+    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
+    if not on_gpu:
+        torch.set_num_threads(cfg.resources.torch_threads)
+    torch.manual_seed(cfg.seed)
+    return on_gpu, device
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class EpochOrder:
