@@ -10,7 +10,8 @@ averaged over pairs, plus optional centring ``center_coef * mean((r_chosen + r_r
 the Bradley-Terry loss fixes only reward differences, the centring keeps their level near 0.
 
 Every ``rm.eval_every`` steps the ranks score their share of the held-out pairs and reduce
-pairwise accuracy (a tie counts half) and the mean margin ``r_chosen - r_rejected``. At the end
+pairwise accuracy (a tie counts half), also per pair category (``rm.group_key``), and the mean
+margin ``r_chosen - r_rejected``. At the end
 rank 0 writes the HF directory atomically with ``reward_stats.json`` (mean and std of the reward
 over the training pairs' replies, which the ``model`` reward source uses to normalise).
 """
@@ -25,8 +26,8 @@ import shutil
 import torch
 import torch.nn.functional as F
 
-Pair = tuple[list[int], list[int], float]
-"""(chosen ids, rejected ids, margin)."""
+Pair = tuple[list[int], list[int], float, str]
+"""(chosen ids, rejected ids, margin, category; ``""`` for none)."""
 
 STATS_FILE = "reward_stats.json"
 
@@ -80,28 +81,43 @@ def _rounds(n: int, world: int, batch: int) -> int:
 
 @torch.no_grad()
 def evaluate(model, pairs: list[Pair], pad_id: int, device, rank: int, world: int, batch: int, center_coef: float) -> dict:
-    """Held-out pairwise accuracy, mean margin and loss, reduced over the ranks."""
+    """Held-out pairwise accuracy (overall and ``rm/eval_accuracy/<category>``, with
+    ``rm/eval_pairs/<category>``), mean margin and loss, reduced over the ranks."""
     import torch.distributed as dist
 
+    # Every rank holds all the pairs, so every rank builds the same category order.
+    groups = sorted({p[3] for p in pairs if len(p) > 3 and p[3]})
+    slot = {g: 4 + 2 * i for i, g in enumerate(groups)}
     mine = pairs[rank::world]
-    totals = torch.zeros(4, dtype=torch.float64)  # correct, margin sum, loss sum, count
+    # correct, margin sum, loss sum, count, then (correct, count) per category
+    totals = torch.zeros(4 + 2 * len(groups), dtype=torch.float64)
     for r in range(_rounds(len(pairs), world, batch)):
         chunk = mine[r * batch : (r + 1) * batch]
         rc, rr, margin = score_pairs(model, chunk or pairs[:1], pad_id, device)
-        if chunk:
-            totals += torch.tensor([
-                float(pairwise_accuracy(rc, rr).sum()),
-                float((rc - rr).sum()),
-                float(bradley_terry_loss(rc, rr, margin).sum()),
-                len(chunk),
-            ], dtype=torch.float64)
+        if not chunk:
+            continue
+        correct = pairwise_accuracy(rc, rr)
+        totals[:4] += torch.tensor([
+            float(correct.sum()),
+            float((rc - rr).sum()),
+            float(bradley_terry_loss(rc, rr, margin).sum()),
+            len(chunk),
+        ], dtype=torch.float64)
+        for pair, hit in zip(chunk, correct.tolist()):
+            if len(pair) > 3 and pair[3]:
+                totals[slot[pair[3]]] += hit
+                totals[slot[pair[3]] + 1] += 1
     dist.all_reduce(totals)
     count = max(1.0, float(totals[3]))
-    return {
+    out = {
         "rm/eval_accuracy": float(totals[0]) / count,
         "rm/eval_margin": float(totals[1]) / count,
         "rm/eval_loss": float(totals[2]) / count,
     }
+    for g, i in slot.items():
+        out[f"rm/eval_accuracy/{g}"] = float(totals[i]) / max(1.0, float(totals[i + 1]))
+        out[f"rm/eval_pairs/{g}"] = int(totals[i + 1])
+    return out
 
 
 @torch.no_grad()
@@ -226,6 +242,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "loss": metrics["rm/eval_loss"],
             "pairs": len(held_out),
         }
+        prefix = "rm/eval_accuracy/"
+        by_group = {
+            key[len(prefix):]: {"pairwise_accuracy": value, "pairs": metrics[f"rm/eval_pairs/{key[len(prefix):]}"]}
+            for key, value in metrics.items() if key.startswith(prefix)
+        }
+        if by_group:
+            stats["eval"]["by_group"] = by_group
     log.log(rc.steps, {"rm/stats_mean": stats["mean"], "rm/stats_std": stats["std"]})
     log.close()
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -5,9 +5,11 @@ A row is either explicit::
     {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages, "margin": 0.5}
 
 (a string prompt is one user message, a string reply one assistant message; ``margin`` is
-optional) or has an implicit prompt: ``{"chosen": messages, "rejected": messages}`` are whole
+optional; an optional ``group`` column names the pair's category, by which held-out accuracy is
+also reported) or has an implicit prompt: ``{"chosen": messages, "rejected": messages}`` are whole
 conversations sharing a prefix, and the prompt is their longest common prefix of messages. Column
-names come from ``rm.prompt_key`` / ``chosen_key`` / ``rejected_key`` / ``margin_key``.
+names come from ``rm.prompt_key`` / ``chosen_key`` / ``rejected_key`` / ``margin_key`` /
+``group_key``.
 
 Either way a pair becomes :class:`PreferencePair` with ``chosen`` / ``rejected`` being the
 assistant message(s) after the prompt. A bad row fails with ``<file>: row N: field 'chosen':
@@ -37,6 +39,8 @@ class PreferencePair:
     margin: float
     source: str
     """``file:row N`` (or ``task support #N``) for error messages."""
+    group: str = ""
+    """The pair's category (``rm.group_key``); empty: none."""
 
 
 def _messages(value: Any, where: str, field: str, default_role: str) -> list[dict]:
@@ -82,6 +86,14 @@ def _split_implicit(chosen: list[dict], rejected: list[dict], where: str, keys: 
     return prompt, c, r
 
 
+def _group(value: Any, where: str, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {field!r}: must be a string naming the pair's category, got {value!r:.80}")
+    return value
+
+
 def pair_from_row(
     row: Any,
     where: str,
@@ -89,6 +101,7 @@ def pair_from_row(
     chosen_key: str = "chosen",
     rejected_key: str = "rejected",
     margin_key: str = "margin",
+    group_key: str = "group",
 ) -> PreferencePair:
     """One raw row as a :class:`PreferencePair` (``where`` is ``"<file>: row N"``)."""
     if not isinstance(row, dict):
@@ -116,6 +129,7 @@ def pair_from_row(
         rejected=rejected,
         margin=_margin(row.get(margin_key), where, margin_key),
         source=where.replace(": row ", ":row "),
+        group=_group(row.get(group_key), where, group_key),
     )
 
 
@@ -125,13 +139,14 @@ def load_pairs(
     chosen_key: str = "chosen",
     rejected_key: str = "rejected",
     margin_key: str = "margin",
+    group_key: str = "group",
 ) -> list[PreferencePair]:
     """The pairs of a ``.jsonl`` / ``.json`` / ``.parquet`` file or ``save_to_disk`` directory."""
     from pipeline.data import read_records
 
     path = os.fspath(path)
     pairs = [
-        pair_from_row(row, f"{path}: row {number}", prompt_key, chosen_key, rejected_key, margin_key)
+        pair_from_row(row, f"{path}: row {number}", prompt_key, chosen_key, rejected_key, margin_key, group_key)
         for number, row in read_records(path, kind="preference")
     ]
     if not pairs:

@@ -9,6 +9,7 @@ file, row and field), then runs a Ray Train ``TorchTrainer`` whose workers are F
 
 from __future__ import annotations
 
+import json
 import os
 
 from pipeline.config import RayppoConfig
@@ -28,7 +29,7 @@ def _task_pairs(cfg: RayppoConfig, split: str) -> list[PreferencePair]:
     else:
         raw = support.preference_pairs(eval_rows[: rc.num_eval_pairs], dc.seed + 4)
     return [
-        PreferencePair(p["prompt"], p["chosen"], p["rejected"], 0.0, f"task support {split} pair #{i}")
+        PreferencePair(p["prompt"], p["chosen"], p["rejected"], 0.0, f"task support {split} pair #{i}", p["group"])
         for i, p in enumerate(raw, 1)
     ]
 
@@ -38,7 +39,7 @@ def load_pair_splits(cfg: RayppoConfig) -> tuple[list[PreferencePair], list[Pref
     rc = cfg.rm
     if not rc.train_files and cfg.data.task != "support":
         raise ValueError("rm.train_files: empty, and data.task is not 'support' (the task that generates pairs)")
-    keys = (rc.prompt_key, rc.chosen_key, rc.rejected_key, rc.margin_key)
+    keys = (rc.prompt_key, rc.chosen_key, rc.rejected_key, rc.margin_key, rc.group_key)
 
     def from_files(paths: list[str]) -> list[PreferencePair]:
         return [pair for path in paths for pair in load_pairs(path, *keys)]
@@ -52,7 +53,7 @@ def load_pair_splits(cfg: RayppoConfig) -> tuple[list[PreferencePair], list[Pref
 
 
 def encode_pairs(tokenizer, pairs: list[PreferencePair], max_length: int) -> tuple[list[tuple], int]:
-    """``(chosen ids, rejected ids, margin)`` per pair, each side cut to its last
+    """``(chosen ids, rejected ids, margin, group)`` per pair, each side cut to its last
     ``max_length`` tokens; and how many sides were cut."""
     encoded, cut = [], 0
     for pair in pairs:
@@ -61,7 +62,7 @@ def encode_pairs(tokenizer, pairs: list[PreferencePair], max_length: int) -> tup
         except Exception as err:  # a chat template may raise anything (jinja errors, bad roles)
             raise ValueError(f"{pair.source}: cannot render with the chat template: {err}") from None
         cut += sum(len(s) > max_length for s in sides)
-        encoded.append((sides[0][-max_length:], sides[1][-max_length:], pair.margin))
+        encoded.append((sides[0][-max_length:], sides[1][-max_length:], pair.margin, pair.group))
     return encoded, cut
 
 
@@ -105,7 +106,6 @@ def run_rm(cfg: RayppoConfig) -> str:
     from ray.train.torch import TorchTrainer
 
     from pipeline.ray_setup import init_ray
-    from pipeline.tracking import format_table
 
     rc = cfg.rm
     train, held_out, pad_id = prepare(cfg)
@@ -115,7 +115,7 @@ def run_rm(cfg: RayppoConfig) -> str:
     rc.log_dir = os.path.abspath(rc.log_dir)
     init_ray(cfg)
     use_gpu = cfg.resources.gpus_per_learner > 0
-    from learners.reward_trainer import train_loop_per_worker
+    from learners.reward_trainer import STATS_FILE, train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -130,9 +130,22 @@ def run_rm(cfg: RayppoConfig) -> str:
     result = trainer.fit()
     if result.error:
         raise result.error
-    final = result.metrics or {}
-    rows = [(k, f"{final[k]:.4f}") for k in ("rm/loss", "rm/eval_accuracy", "rm/eval_margin", "stats_mean", "stats_std") if k in final]
     print(f"rm: wrote {rc.output_dir} ({len(train)} training pairs, {len(held_out)} held-out)")
-    if rows:
-        print(format_table(rows, ("metric", "value")))
+    with open(os.path.join(rc.output_dir, STATS_FILE), encoding="utf-8") as f:
+        print(stats_table(json.load(f)))
     return rc.output_dir
+
+
+def stats_table(stats: dict) -> str:
+    """The saved ``reward_stats.json`` as a table: the reward's mean/std, then held-out
+    accuracy overall and per pair category."""
+    from pipeline.tracking import format_table
+
+    rows = [("reward mean / std (training replies)", f"{stats['mean']:.4f} / {stats['std']:.4f}", str(stats["count"]))]
+    held = stats.get("eval")
+    if held:
+        rows.append(("held-out pairwise accuracy", f"{held['pairwise_accuracy']:.3f}", str(held["pairs"])))
+        rows.append(("held-out mean margin", f"{held['mean_margin']:.3f}", str(held["pairs"])))
+        for group, g in sorted(held.get("by_group", {}).items()):
+            rows.append((f"  accuracy on {group}", f"{g['pairwise_accuracy']:.3f}", str(g["pairs"])))
+    return format_table(rows, ("reward model", "value", "n"))

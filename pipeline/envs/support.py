@@ -15,7 +15,8 @@ Everything a tiny model on a CPU needs to show the chat recipe comes from here:
 * SFT conversations whose demonstrations are of **mixed quality** (:data:`DEMO_QUALITY`: wrong
   facts, rude or missing greetings, filler), some with a second question, so the SFT policy is
   mediocre on gold and RL has room to improve;
-* preference pairs labelled by gold, with settable label noise, for the reward model.
+* preference pairs labelled by gold, with settable label noise, for the reward model, each
+  tagged with what separates its two replies (:func:`pair_group`).
 
 The facts are single words copied from the context, which small transformers learn quickly,
 and every context clause is the reply's own phrase ("it arrives friday" -> "It arrives
@@ -231,9 +232,29 @@ def sft_conversations(rows: list[dict], seed: int, second_turn: float = 0.3) -> 
     return out
 
 
+def fact_kind(facts: dict[str, str], field: str, reply: str) -> str:
+    """Which fact ``reply`` names: ``right`` (the asked value), ``other-question`` (another
+    field's value from the context) or ``made-up`` (neither)."""
+    words = set(_WORD.findall(reply.lower()))
+    if facts[field] in words:
+        return "right"
+    if any(facts[f] in words for f in FIELDS if f != field):
+        return "other-question"
+    return "made-up"
+
+
+def pair_group(facts: dict[str, str], field: str, a: str, b: str) -> str:
+    """What separates replies ``a`` and ``b`` (either order): ``same-fact`` when both name the
+    same kind of fact (greeting, closing and length decide), else the two kinds, e.g.
+    ``right|made-up``."""
+    order = ("right", "other-question", "made-up")
+    kinds = sorted({fact_kind(facts, field, a), fact_kind(facts, field, b)}, key=order.index)
+    return "same-fact" if len(kinds) == 1 else "|".join(kinds)
+
+
 def preference_pairs(rows: list[dict], seed: int, label_noise: float = 0.0, min_gap: float = 0.05) -> list[dict]:
     """One pair per prompt row in TRL's explicit-prompt form ``{"prompt": messages, "chosen":
-    [assistant], "rejected": [assistant]}``: two replies drawn from :data:`PAIR_QUALITY` whose
+    [assistant], "rejected": [assistant], "group": pair_group(...)}``: two replies drawn from :data:`PAIR_QUALITY` whose
     gold scores differ by at least ``min_gap``, the better one chosen; a ``label_noise``
     fraction of pairs is swapped, as careless annotators would."""
     if not 0.0 <= label_noise < 0.5:
@@ -256,6 +277,7 @@ def preference_pairs(rows: list[dict], seed: int, label_noise: float = 0.0, min_
             "prompt": _messages(row),
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
+            "group": pair_group(facts, field, chosen, rejected),
         })
     return out
 

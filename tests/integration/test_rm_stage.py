@@ -35,7 +35,7 @@ def _config(model: str, run_dir: str, *overrides: str):
     ])
 
 
-def test_rm_stage_learns_preferences_and_saves_a_loadable_model(support_model, ray_session, tmp_path):
+def test_rm_stage_learns_preferences_and_saves_a_loadable_model(support_model, ray_session, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from pipeline.rm import load_pair_splits, run_rm
@@ -48,15 +48,24 @@ def test_rm_stage_learns_preferences_and_saves_a_loadable_model(support_model, r
         "rm.steps=60", "rm.batch_size=32", "rm.lr=2e-3", "rm.warmup_steps=5", "rm.eval_every=30", "rm.center_coef=0.01",
     )
     out = run_rm(cfg)
+    printed = capsys.readouterr().out
     with open(os.path.join(out, "reward_stats.json")) as f:
         stats = json.load(f)
     # Chance is 0.5; replies judged by greeting, closing and length alone reach about 0.73.
     assert stats["eval"]["pairwise_accuracy"] > 0.65, stats
     assert stats["count"] == 2 * 1200 and stats["std"] > 0
+    # Held-out accuracy per kind of pair, reduced over both ranks: the kinds add up to the whole.
+    by_group = stats["eval"]["by_group"]
+    assert sum(g["pairs"] for g in by_group.values()) == stats["eval"]["pairs"] == 100
+    overall = sum(g["pairwise_accuracy"] * g["pairs"] for g in by_group.values()) / 100
+    assert overall == pytest.approx(stats["eval"]["pairwise_accuracy"], abs=1e-9)
     with open(tmp_path / "logs" / "rm" / "metrics.jsonl") as f:
         logged = [json.loads(line) for line in f]
     accuracy = [row["rm/eval_accuracy"] for row in logged if "rm/eval_accuracy" in row]
     assert len(accuracy) == 3 and accuracy[0] == 0.5 and accuracy[-1] > accuracy[0]  # zero head: all ties
+    assert all(f"accuracy on {g} " in printed for g in by_group), printed
+    last_eval = [row for row in logged if "rm/eval_accuracy" in row][-1]
+    assert all(last_eval[f"rm/eval_accuracy/{g}"] == by_group[g]["pairwise_accuracy"] for g in by_group)
 
     # transformers loads the directory as it is, and scores as the trainer did.
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()

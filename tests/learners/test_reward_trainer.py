@@ -101,7 +101,7 @@ def test_evaluate_and_stats_on_one_rank(reward_model):
     torch.manual_seed(0)
     torch.nn.init.normal_(model.score.weight)
     pad = tokenizer.pad_token_id
-    pairs = [([5, 6, 7], [5, 9], 0.0), ([8, 8], [7, 6, 5], 0.5), ([11], [12, 13], 0.0)]
+    pairs = [([5, 6, 7], [5, 9], 0.0, "a"), ([8, 8], [7, 6, 5], 0.5, "b"), ([11], [12, 13], 0.0, "a"), ([14], [15], 0.0, "")]
     rc, rr, margin = rt.score_pairs(model, pairs, pad, "cpu")
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29513", rank=0, world_size=1)
@@ -111,10 +111,16 @@ def test_evaluate_and_stats_on_one_rank(reward_model):
         stats = rt.reward_stats(model, pairs, pad, "cpu", rank=0, world=1, batch=4)
     finally:
         dist.destroy_process_group()
-    assert metrics["rm/eval_accuracy"] == pytest.approx(float(rt.pairwise_accuracy(rc, rr).mean()))
+    correct = rt.pairwise_accuracy(rc, rr)
+    assert metrics["rm/eval_accuracy"] == pytest.approx(float(correct.mean()))
+    # Per category: "a" is pairs 0 and 2, "b" pair 1; the uncategorised pair counts only overall.
+    assert metrics["rm/eval_accuracy/a"] == pytest.approx(float(correct[[0, 2]].mean()))
+    assert metrics["rm/eval_accuracy/b"] == pytest.approx(float(correct[1]))
+    assert (metrics["rm/eval_pairs/a"], metrics["rm/eval_pairs/b"]) == (2, 1)
+    assert not any(k.endswith("/") for k in metrics)
     assert metrics["rm/eval_margin"] == pytest.approx(float((rc - rr).mean()), abs=1e-6)
     assert metrics["rm/eval_loss"] == pytest.approx(float(rt.bradley_terry_loss(rc, rr, margin).mean()), abs=1e-6)
     rewards = torch.cat([rc, rr]).double()
     assert stats["mean"] == pytest.approx(float(rewards.mean()), abs=1e-6)
     assert stats["std"] == pytest.approx(float(rewards.std(unbiased=False)), abs=1e-6)
-    assert stats["count"] == 6
+    assert stats["count"] == 8

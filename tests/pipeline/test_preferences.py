@@ -43,15 +43,17 @@ def test_implicit_form_with_multi_turn_replies():
 
 
 def test_renamed_columns():
-    row = {"q": "Compute 2+3.", "good": "5", "bad": "6", "gap": 0.5}
-    pair = pair_from_row(row, "f: row 1", prompt_key="q", chosen_key="good", rejected_key="bad", margin_key="gap")
-    assert pair.chosen == [GOOD] and pair.margin == 0.5
+    row = {"q": "Compute 2+3.", "good": "5", "bad": "6", "gap": 0.5, "subset": "math"}
+    pair = pair_from_row(row, "f: row 1", prompt_key="q", chosen_key="good", rejected_key="bad", margin_key="gap", group_key="subset")
+    assert pair.chosen == [GOOD] and pair.margin == 0.5 and pair.group == "math"
+    assert pair_from_row({"prompt": "p", "chosen": "c", "rejected": "r"}, "f: row 1").group == ""
 
 
 @pytest.mark.parametrize(
     "row, match",
     [
         ({"prompt": "p", "rejected": "r"}, r"field 'chosen': missing"),
+        ({"prompt": "p", "chosen": "c", "rejected": "r", "group": 3}, r"field 'group': must be a string naming the pair's category"),
         ({"prompt": "p", "chosen": "c", "rejected": None}, r"field 'rejected': missing"),
         ({"chosen": "c", "rejected": "r"}, r"field 'prompt': missing; string replies need a prompt"),
         ({"prompt": "p", "chosen": 3, "rejected": "r"}, r"field 'chosen': must be a string or a non-empty list"),
@@ -168,3 +170,14 @@ def test_rm_stage_encodes_pairs_as_the_reward_source_reads_them(tiny_model, tmp_
     full = reward_input_ids(tokenizer, [USER], [GOOD])
     assert train[0][0] == full[-8:] and train[1][2] == 1.0  # the end is kept, with the margin
     assert held_out == [] and pad_id == tokenizer.pad_token_id
+
+
+def test_rm_prints_held_out_accuracy_per_category():
+    from pipeline.rm import stats_table
+
+    stats = {"mean": 0.1, "std": 0.5, "count": 8, "eval": {"pairwise_accuracy": 0.75, "mean_margin": 0.4, "loss": 0.5, "pairs": 4,
+             "by_group": {"b": {"pairwise_accuracy": 1.0, "pairs": 1}, "a": {"pairwise_accuracy": 2 / 3, "pairs": 3}}}}
+    lines = stats_table(stats).splitlines()
+    assert lines[3].split()[-2:] == ["0.750", "4"]
+    assert [line.split()[2] for line in lines[5:]] == ["a", "b"] and lines[5].split()[-2:] == ["0.667", "3"]
+    assert len(stats_table({"mean": 0.0, "std": 1.0, "count": 2}).splitlines()) == 3  # no held-out pairs

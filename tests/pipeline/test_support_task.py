@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections import Counter
 
 import pytest
 
@@ -107,6 +108,21 @@ def test_pairs_are_labelled_by_gold_with_noise(noise):
         assert abs(chosen - rejected) >= 0.05
         flipped += chosen < rejected
     assert flipped / len(rows) == pytest.approx(noise, abs=0.04)
+
+
+def test_pairs_name_what_separates_their_replies():
+    facts = {"item": "lamp", "status": "shipped", "day": "friday", "carrier": "ups"}
+    right, made_up, other = "Hello! It arrives friday.", "It arrives monday. Happy to help.", "It ships with ups."
+    assert [support.fact_kind(facts, "day", r) for r in (right, made_up, other)] == ["right", "made-up", "other-question"]
+    assert support.pair_group(facts, "day", made_up, right) == "right|made-up"
+    assert support.pair_group(facts, "day", other, made_up) == "other-question|made-up"
+    assert support.pair_group(facts, "day", right, "Ugh. It arrives friday.") == "same-fact"
+    rows = _rows(300)
+    groups = Counter(raw["group"] for raw in support.preference_pairs(rows, seed=2))
+    # Every kind of pair is common enough to be measured on a held-out set of 200.
+    assert set(groups) == {"same-fact", "right|made-up", "right|other-question", "other-question|made-up"}
+    assert min(groups.values()) >= 20
+    assert pair_from_row(support.preference_pairs(rows[:1], seed=2)[0], "task").group in groups
 
 
 def test_pair_noise_is_bounded():
