@@ -86,7 +86,7 @@ def evaluate(model, pairs: list[Pair], pad_id: int, device, rank: int, world: in
     import torch.distributed as dist
 
     # Every rank holds all the pairs, so every rank builds the same category order.
-    groups = sorted({p[3] for p in pairs if len(p) > 3 and p[3]})
+    groups = sorted({p[3] for p in pairs if p[3]})
     slot = {g: 4 + 2 * i for i, g in enumerate(groups)}
     mine = pairs[rank::world]
     # correct, margin sum, loss sum, count, then (correct, count) per category
@@ -104,7 +104,7 @@ def evaluate(model, pairs: list[Pair], pad_id: int, device, rank: int, world: in
             len(chunk),
         ], dtype=torch.float64)
         for pair, hit in zip(chunk, correct.tolist()):
-            if len(pair) > 3 and pair[3]:
+            if pair[3]:
                 totals[slot[pair[3]]] += hit
                 totals[slot[pair[3]] + 1] += 1
     dist.all_reduce(totals)
@@ -242,10 +242,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "loss": metrics["rm/eval_loss"],
             "pairs": len(held_out),
         }
-        prefix = "rm/eval_accuracy/"
+        groups = sorted({p[3] for p in held_out if p[3]})
         by_group = {
-            key[len(prefix):]: {"pairwise_accuracy": value, "pairs": metrics[f"rm/eval_pairs/{key[len(prefix):]}"]}
-            for key, value in metrics.items() if key.startswith(prefix)
+            g: {"pairwise_accuracy": metrics[f"rm/eval_accuracy/{g}"], "pairs": metrics[f"rm/eval_pairs/{g}"]} for g in groups
         }
         if by_group:
             stats["eval"]["by_group"] = by_group
