@@ -74,6 +74,11 @@ def score_pairs(model, pairs: list[Pair], pad_id: int, device) -> tuple[torch.Te
     return rewards[: len(pairs)], rewards[len(pairs):], margin
 
 
+def pair_groups(pairs: list[Pair]) -> list[str]:
+    """The categories of ``pairs``, sorted (every rank derives the same order)."""
+    return sorted({p[3] for p in pairs if p[3]})
+
+
 def _rounds(n: int, world: int, batch: int) -> int:
     # Every rank runs the same number of forwards: FSDP2 all-gathers inside each one.
     return max(1, math.ceil(math.ceil(n / world) / batch))
@@ -86,11 +91,10 @@ def evaluate(model, pairs: list[Pair], pad_id: int, device, rank: int, world: in
     import torch.distributed as dist
 
     # Every rank holds all the pairs, so every rank builds the same category order.
-    groups = sorted({p[3] for p in pairs if p[3]})
-    slot = {g: 4 + 2 * i for i, g in enumerate(groups)}
+    slot = {g: 4 + 2 * i for i, g in enumerate(pair_groups(pairs))}
     mine = pairs[rank::world]
     # correct, margin sum, loss sum, count, then (correct, count) per category
-    totals = torch.zeros(4 + 2 * len(groups), dtype=torch.float64)
+    totals = torch.zeros(4 + 2 * len(slot), dtype=torch.float64)
     for r in range(_rounds(len(pairs), world, batch)):
         chunk = mine[r * batch : (r + 1) * batch]
         rc, rr, margin = score_pairs(model, chunk or pairs[:1], pad_id, device)
@@ -242,9 +246,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "loss": metrics["rm/eval_loss"],
             "pairs": len(held_out),
         }
-        groups = sorted({p[3] for p in held_out if p[3]})
         by_group = {
-            g: {"pairwise_accuracy": metrics[f"rm/eval_accuracy/{g}"], "pairs": metrics[f"rm/eval_pairs/{g}"]} for g in groups
+            g: {"pairwise_accuracy": metrics[f"rm/eval_accuracy/{g}"], "pairs": metrics[f"rm/eval_pairs/{g}"]}
+            for g in pair_groups(held_out)
         }
         if by_group:
             stats["eval"]["by_group"] = by_group
