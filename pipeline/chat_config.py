@@ -45,6 +45,11 @@ class RMConfig:
     label_noise: float = 0.1
     """Support task: fraction of training pairs whose labels are swapped, like careless
     annotators (held-out pairs stay clean, so accuracy is measured against the gold rule)."""
+    contrast_pairs: float = 0.0
+    """Support task: extra training pairs, this fraction of ``num_pairs``, whose two replies
+    differ only in the fact (the right value against a made-up one or another field's); they
+    isolate the fact check that natural pairs mix with politeness and length. Held-out pairs
+    stay natural."""
     num_workers: int = 2
     """Ray Train workers (FSDP2 ranks)."""
     steps: int = 200
@@ -116,6 +121,10 @@ def chat_errors(cfg) -> list[str]:
             errors.append(f"rm.{name}: must be >= 0, got {value!r}")
     if not 0 <= rm.label_noise < 0.5:
         errors.append(f"rm.label_noise: must be in [0, 0.5) (at 0.5 the labels carry no preference), got {rm.label_noise!r}")
+    if not rm.contrast_pairs >= 0:
+        errors.append(f"rm.contrast_pairs: must be >= 0 (a fraction of rm.num_pairs), got {rm.contrast_pairs!r}")
+    elif rm.contrast_pairs and rm.train_files:
+        errors.append("rm.contrast_pairs: only the support task's generated pairs have contrast pairs; set it to 0 with rm.train_files")
     if rm.num_workers >= 1 and rm.batch_size % rm.num_workers:
         errors.append(f"rm.batch_size ({rm.batch_size}) must be divisible by rm.num_workers ({rm.num_workers})")
     for name, key in (("prompt_key", rm.prompt_key), ("chosen_key", rm.chosen_key), ("rejected_key", rm.rejected_key), ("margin_key", rm.margin_key), ("group_key", rm.group_key)):

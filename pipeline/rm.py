@@ -26,6 +26,8 @@ def _task_pairs(cfg: RayppoConfig, split: str) -> list[PreferencePair]:
         # More pairs than prompts: each prompt is compared again with other replies.
         rows = [train_rows[i % len(train_rows)] for i in range(rc.num_pairs)]
         raw = support.preference_pairs(rows, dc.seed + 3, label_noise=rc.label_noise)
+        contrast = [train_rows[i % len(train_rows)] for i in range(round(rc.contrast_pairs * rc.num_pairs))]
+        raw += support.contrast_pairs(contrast, dc.seed + 5, rc.label_noise)
     else:
         raw = support.preference_pairs(eval_rows[: rc.num_eval_pairs], dc.seed + 4)
     return [

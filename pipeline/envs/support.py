@@ -16,7 +16,8 @@ Everything a tiny model on a CPU needs to show the chat recipe comes from here:
   facts, rude or missing greetings, filler), some with a second question, so the SFT policy is
   mediocre on gold and RL has room to improve;
 * preference pairs labelled by gold, with settable label noise, for the reward model, each
-  tagged with what separates its two replies (:func:`pair_group`).
+  tagged with what separates its two replies (:func:`pair_group`), and contrast pairs whose
+  replies differ only in the fact (:func:`contrast_pairs`).
 
 The facts are single words copied from the context, which small transformers learn quickly,
 and every context clause is the reply's own phrase ("it arrives friday" -> "It arrives
@@ -252,13 +253,30 @@ def pair_group(facts: dict[str, str], field: str, a: str, b: str) -> str:
     return "same-fact" if len(kinds) == 1 else "|".join(kinds)
 
 
+def _check_noise(label_noise: float) -> None:
+    if not 0.0 <= label_noise < 0.5:
+        raise ValueError(f"rm.label_noise={label_noise!r} must be in [0, 0.5)")
+
+
+def _pair(rng: random.Random, row: dict, chosen: str, rejected: str, label_noise: float) -> dict:
+    """A pair of TRL's explicit-prompt form, swapped with probability ``label_noise``."""
+    if rng.random() < label_noise:
+        chosen, rejected = rejected, chosen
+    facts, field = row["metadata"]["facts"], row["metadata"]["field"]
+    return {
+        "prompt": _messages(row),
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "group": pair_group(facts, field, chosen, rejected),
+    }
+
+
 def preference_pairs(rows: list[dict], seed: int, label_noise: float = 0.0, min_gap: float = 0.05) -> list[dict]:
     """One pair per prompt row in TRL's explicit-prompt form ``{"prompt": messages, "chosen":
     [assistant], "rejected": [assistant], "group": pair_group(...)}``: two replies drawn from :data:`PAIR_QUALITY` whose
     gold scores differ by at least ``min_gap``, the better one chosen; a ``label_noise``
     fraction of pairs is swapped, as careless annotators would."""
-    if not 0.0 <= label_noise < 0.5:
-        raise ValueError(f"rm.label_noise={label_noise!r} must be in [0, 0.5)")
+    _check_noise(label_noise)
     rng = random.Random(seed)
     out = []
     for row in rows:
@@ -271,14 +289,35 @@ def preference_pairs(rows: list[dict], seed: int, label_noise: float = 0.0, min_
         else:  # pragma: no cover - the candidate space makes 100 ties vanishingly unlikely
             continue
         chosen, rejected = (a, b) if ga > gb else (b, a)
-        if rng.random() < label_noise:
-            chosen, rejected = rejected, chosen
-        out.append({
-            "prompt": _messages(row),
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-            "group": pair_group(facts, field, chosen, rejected),
-        })
+        out.append(_pair(rng, row, chosen, rejected, label_noise))
+    return out
+
+
+def contrast_pairs(rows: list[dict], seed: int, label_noise: float = 0.0) -> list[dict]:
+    """One pair per prompt row whose two replies differ **only in the fact**: a reply with the
+    right one (its greeting, fillers and closing drawn from :data:`PAIR_QUALITY`) against the
+    same reply naming a made-up value of the asked field (three rows in four) or another field's
+    value from the context (every fourth row); the right one chosen, a ``label_noise`` fraction
+    swapped.
+
+    In natural pairs the fact comes mixed with politeness and length, which a small reward
+    model learns first; these pairs, like the minimal edits annotators are sometimes asked to
+    compare, leave nothing but the fact to learn from. Made-up values get most of them: telling
+    one apart means comparing the reply with the context, a harder check than comparing it
+    with the question, which is all another field's value needs."""
+    _check_noise(label_noise)
+    rng = random.Random(seed)
+    right_only = ReplyQuality(fact=(1.0, 0.0, 0.0), opener=PAIR_QUALITY.opener, closing=PAIR_QUALITY.closing, fillers=PAIR_QUALITY.fillers)
+    out = []
+    for i, row in enumerate(rows):
+        facts, field = row["metadata"]["facts"], row["metadata"]["field"]
+        right = sample_reply(rng, facts, field, right_only)
+        if i % 4 != 3:
+            wrong = CLAUSES[field][1].format(rng.choice([v for v in VALUES[field] if v != facts[field]]))
+        else:
+            other = rng.choice([f for f in FIELDS if f != field])
+            wrong = CLAUSES[other][1].format(facts[other])
+        out.append(_pair(rng, row, right, right.replace(CLAUSES[field][1].format(facts[field]), wrong), label_noise))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import statistics
 from collections import Counter
 
@@ -123,6 +124,41 @@ def test_pairs_name_what_separates_their_replies():
     assert set(groups) == {"same-fact", "right|made-up", "right|other-question", "other-question|made-up"}
     assert min(groups.values()) >= 20
     assert pair_from_row(support.preference_pairs(rows[:1], seed=2)[0], "task").group in groups
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_contrast_pairs_differ_only_in_the_fact(noise):
+    rows = _rows(600)
+    pairs = support.contrast_pairs(rows, seed=3, label_noise=noise)
+    assert pairs == support.contrast_pairs(rows, seed=3, label_noise=noise) and len(pairs) == len(rows)
+    sentences = re.compile(r"(?<=[.!?]) ")
+    flipped, groups = 0, Counter()
+    for row, raw in zip(rows, pairs):
+        pair = pair_from_row(raw, "task")
+        a, b = pair.chosen[0]["content"], pair.rejected[0]["content"]
+        # Same greeting, fillers and closing; one sentence, the fact, differs.
+        sa, sb = sentences.split(a), sentences.split(b)
+        assert len(sa) == len(sb) and sum(x != y for x, y in zip(sa, sb)) == 1
+        parts = [support.gold_components(row["metadata"]["facts"], row["answer"], r) for r in (a, b)]
+        assert parts[0]["polite"] == parts[1]["polite"] and {parts[0]["fact"], parts[1]["fact"]} == {0.0, 1.0}
+        flipped += parts[0]["fact"] == 0.0
+        groups[raw["group"]] += 1
+    assert flipped / len(rows) == pytest.approx(noise, abs=0.05)
+    assert groups["right|made-up"] == 3 * groups["right|other-question"] == 3 * len(rows) // 4
+
+
+def test_contrast_pairs_join_the_rm_stage_training_pairs_only():
+    from pipeline.rm import load_pair_splits
+
+    overrides = ["data.task=support", "data.num_train=50", "rm.num_pairs=40", "rm.num_eval_pairs=20"]
+    plain, plain_eval = load_pair_splits(load_config(None, overrides))
+    train, held_out = load_pair_splits(load_config(None, [*overrides, "rm.contrast_pairs=1.5"]))
+    assert train[:40] == plain and len(train) == 100 and held_out == plain_eval
+    assert {p.group for p in train[40:]} == {"right|made-up", "right|other-question"}
+    with pytest.raises(ValueError, match=r"rm\.contrast_pairs: must be >= 0"):
+        load_config(None, ["rm.contrast_pairs=-0.5"])
+    with pytest.raises(ValueError, match=r"rm\.contrast_pairs: only the support task"):
+        load_config(None, ["rm.contrast_pairs=0.5", "rm.train_files=[pairs.jsonl]"])
 
 
 def test_pair_noise_is_bounded():
