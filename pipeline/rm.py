@@ -24,10 +24,11 @@ def _task_pairs(cfg: RayppoConfig, split: str) -> list[PreferencePair]:
     train_rows, eval_rows = tasks.split_rows("support", dc.num_train, dc.num_eval, dc.seed)
     if split == "train":
         # More pairs than prompts: each prompt is compared again with other replies.
-        rows = [train_rows[i % len(train_rows)] for i in range(rc.num_pairs)]
-        raw = support.preference_pairs(rows, dc.seed + 3, label_noise=rc.label_noise)
-        contrast = [train_rows[i % len(train_rows)] for i in range(round(rc.contrast_pairs * rc.num_pairs))]
-        raw += support.contrast_pairs(contrast, dc.seed + 5, rc.label_noise)
+        def cycle(n: int) -> list[dict]:
+            return [train_rows[i % len(train_rows)] for i in range(n)]
+
+        raw = support.preference_pairs(cycle(rc.num_pairs), dc.seed + 3, label_noise=rc.label_noise)
+        raw += support.contrast_pairs(cycle(round(rc.contrast_pairs * rc.num_pairs)), dc.seed + 5, rc.label_noise)
     else:
         raw = support.preference_pairs(eval_rows[: rc.num_eval_pairs], dc.seed + 4)
     return [

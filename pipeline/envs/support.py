@@ -26,6 +26,7 @@ friday."), so the copy is the one an induction head makes.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass
@@ -307,7 +308,7 @@ def contrast_pairs(rows: list[dict], seed: int, label_noise: float = 0.0) -> lis
     with the question, which is all another field's value needs."""
     _check_noise(label_noise)
     rng = random.Random(seed)
-    right_only = ReplyQuality(fact=(1.0, 0.0, 0.0), opener=PAIR_QUALITY.opener, closing=PAIR_QUALITY.closing, fillers=PAIR_QUALITY.fillers)
+    right_only = dataclasses.replace(PAIR_QUALITY, fact=(1.0, 0.0, 0.0))
     out = []
     for i, row in enumerate(rows):
         facts, field = row["metadata"]["facts"], row["metadata"]["field"]
