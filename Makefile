@@ -9,13 +9,41 @@ CONFIG ?= configs/debug.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rayppo-installed-$(EXTRA)
 
-.PHONY: setup debug test test-fast bench clean submit multiturn bench-multiturn rlhf rllib-example
+.PHONY: setup system-deps debug test test-fast bench clean submit multiturn bench-multiturn rlhf rllib-example
 
+# Debian packages. python3-venv: Debian's Python has no ensurepip without it, so `-m venv` fails.
+# chromium, chromium-driver: the feedback app's browser test drives headless Chromium (selenium).
+VENV_APT := python3-venv
+TEST_APT := chromium chromium-driver
+
+# $(call apt-install,packages): as root or with passwordless sudo, install them; otherwise stop
+# with the command to run, since the tests fail rather than skip without them.
+define apt-install
+if ! command -v apt-get >/dev/null; then \
+	echo "make: needs the Debian packages $(1) (or their equivalents on this system)" >&2; exit 1; \
+fi; \
+if [ "$$(id -u)" -eq 0 ]; then as_root=""; \
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then as_root="sudo -n"; \
+else \
+	echo "make: missing Debian packages; run this, then make again:" >&2; \
+	echo "  sudo apt-get update && sudo apt-get install -y $(1)" >&2; exit 1; \
+fi; \
+echo "make: installing $(1)"; \
+$$as_root apt-get update -qq && \
+$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null
+endef
+
+# pip exits 0 when a package to uninstall is not there, so every failure below is a real one and
+# stops make before the stamp is written. A venv without pip (from a `-m venv` that failed at
+# ensurepip) is made again.
 $(STAMP): pyproject.toml
-	@start=$$(date +%s); \
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel && \
-	$(BIN)/python -m pip install -q -e ".[$(EXTRA),test]" && \
+	@set -e; start=$$(date +%s); \
+	if ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+		$(PYTHON) -c "import ensurepip" 2>/dev/null || { $(call apt-install,$(VENV_APT)); }; \
+		$(PYTHON) -m venv $(VENV); \
+	fi; \
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel; \
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),test]"; \
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
 	touch $(STAMP); \
 	echo "setup: installed in $$(( $$(date +%s) - start )) s"
@@ -24,10 +52,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# `make system-deps`: the packages the test suite needs outside the venv (see TEST_APT).
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(call apt-install,$(TEST_APT)); }
+
 debug: setup
 	$(BIN)/rayppo all $(CONFIG)
 
-test: setup
+# system-deps first: a machine that cannot install them stops before the long pip install.
+test: system-deps setup
 	$(BIN)/python -m pytest tests -v --durations=15
 
 test-fast: setup
@@ -39,7 +72,8 @@ BENCH_STAMP := $(VENV)/.rayppo-installed-$(EXTRA)-bench
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[$(EXTRA),bench]" && \
+	@set -e; \
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),bench]"; \
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
 	touch $(BENCH_STAMP)
 
