@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from pipeline.config import load_config
+from pipeline.rewards.stall import RewardStall
 
 
 @dataclass
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"rayppo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RewardStall as err:  # the run cannot learn: its cause, not a traceback
+        print(f"rayppo {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,7 +23,8 @@ from pipeline.inflight import InFlight, from_state, to_state
 from pipeline.monitors import Monitors
 from pipeline.multiturn import MultiTurn
 from pipeline.recovery import Recovery
-from pipeline.rewards import PendingScores, RewardSet, ScoreRequest, eval_reward_fn, score_completions
+from pipeline.rewards import (PendingScores, RewardSet, ScoreRequest, UnscorableSteps, eval_reward_fn,
+                              score_completions)
 from pipeline.sample_log import SampleLog
 from pipeline.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, settle, sync
 from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
@@ -78,6 +79,7 @@ class Trainer:
         self.stream_start = self.stream.state_dict()  # ... when there is no checkpoint yet
         self.recovery = Recovery(self)
         self.timers = PhaseTimers()
+        self.unscorable_steps = UnscorableSteps(cfg.reward.max_unscorable_steps)
         self.pending_check: Optional[PendingCheck] = None
         self.inflight: deque[InFlight] = deque()
         self.step_index = 0
@@ -156,6 +158,7 @@ class Trainer:
         cfg = self.cfg
         self.inflight.clear()
         self.pending_check = None
+        self.unscorable_steps.reset()  # counted in this process, from the step restored on
         if resume_dir is None:
             self.step_index, self.version, self.history = 0, 0, {}
             self.stream.load_state_dict(self.stream_start)
@@ -224,6 +227,9 @@ class Trainer:
         with t.phase("reward"):
             scores, reward_metrics = self._collect_rewards(pending, rollout)
         self.sample_log.write(self.step_index + 1, request, rollout, scores)
+        # A step with no scorable sample has nothing to update on; reward.max_unscorable_steps
+        # of them in a row end the run here, before the update, naming each failing source.
+        self.unscorable_steps.update(scores, lambda: self._unscorable_causes(rollout))
         with t.phase("advantages"):
             extras, adv_metrics = advantage_step.compute(self.cfg, rollout, scores, computed)
         with t.phase("update"):
@@ -349,6 +355,14 @@ class Trainer:
         metrics["response/length_mean"] = float(np.mean(lengths))
         metrics["response/truncated_frac"] = float(np.mean([r == "length" for r in rollout.finish_reasons]))
         return scores, metrics
+
+    def _unscorable_causes(self, rollout: RolloutBatch) -> list[str]:
+        """Why the latest batch could not be scored: each failing source's reasons and first
+        problem, and in multi-turn runs the environment's."""
+        causes = self.rewards.problems() if self.rewards is not None else []
+        if self.multiturn is not None:
+            causes += self.multiturn.problems(rollout)
+        return causes
 
     # -------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:

@@ -119,6 +119,16 @@ class MultiTurn:
         metrics["response/truncated_frac"] = float(np.mean([r == "length" for r in rollout.finish_reasons]))
         return scores, metrics
 
+    def problems(self, rollout: RolloutBatch) -> list[str]:
+        """The environment's line when no conversation could be scored: how many it failed
+        on, and the first error it reported."""
+        failed = [info for info in rollout.env_infos if info["unscorable"]]
+        if not failed:
+            return []
+        first = next((info["error"] for info in failed if info.get("error")), None)
+        return [f"environment {self.factory.name}: {len(failed)} unscorable conversations; "
+                f"first: {first or 'not reported'}"]
+
     def eval_metrics(self, rollout: RolloutBatch) -> dict[str, float]:
         """Held-out conversations: ``eval/success`` (and every other ``info["metrics"]`` number,
         e.g. ``eval/success/distance_2``), ``eval/return``, ``eval/turns_mean``, ``eval/unscorable``."""

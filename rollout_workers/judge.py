@@ -4,11 +4,18 @@ Plain Python, Ray optional. The judge renders each item with a prompt template, 
 short reply (greedy by default) and parses a score from it: pointwise a number or JSON such as
 ``{"score": 7}``, pairwise a verdict ``{"winner": "A" | "B" | "tie"}`` (or ``[[A]]``, or a bare
 ``A`` / ``B`` / ``tie``). A reply without a valid score makes its item unscorable, never an error.
+
+With ``verdict="constrained"`` the judge can only reply with one of :func:`allowed_verdicts`:
+vLLM restricts decoding with its structured outputs (a ``choice`` grammar), transformers with
+``prefix_allowed_tokens_fn`` over the verdicts' tokens. Each step still picks the judge's own
+most likely (or, with a temperature, sampled) allowed token, so a judge that follows the
+template gives the same verdict either way; one that does not still gives a verdict.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Optional
@@ -16,6 +23,7 @@ from typing import Optional
 import torch
 
 from pipeline.data import token_ids
+from rollout_workers.types import Sampling, sample_seed
 
 PLACEHOLDERS = ("conversation", "prompt", "completion", "reference", "response_a", "response_b")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -24,6 +32,9 @@ _BRACKETED = re.compile(r"\[\[\s*(A|B|tie)\s*\]\]", re.IGNORECASE)
 _VERDICT = re.compile(r"(?<![A-Za-z])(A|B|[Tt]ie|TIE)(?![A-Za-z])")
 _SCORE_KEYS = ("score", "rating")
 _VERDICT_KEYS = ("winner", "preference", "better", "verdict")
+_JSON_KEY = re.compile(r'"(\w+)"\s*:')
+_TIE = re.compile(r"\btie\b", re.IGNORECASE)
+VERDICTS = ("free", "constrained")
 
 
 def render(template: str, values: dict[str, str]) -> str:
@@ -89,6 +100,45 @@ def parse_preference(text: str) -> Optional[float]:
     return _verdict_score(match.group(1)) if match else None
 
 
+def allowed_verdicts(template: str, mode: str, score_min: float = 0.0, score_max: float = 10.0) -> list[str]:
+    """The replies a constrained judge may give, in the form ``template`` asks for.
+
+    The form is the template's JSON example when it shows one with a key the parser reads
+    (``{"winner": "A"}``, ``{"score": 7}``), else pairwise ``[[A]]`` when the template shows
+    that, else the bare answer (``A``, ``7``). Pairwise answers are ``A`` and ``B``, and ``tie``
+    when the template mentions ties; pointwise ones are the whole numbers from ``score_min`` to
+    ``score_max``, which must be whole numbers themselves. Every verdict parses back with
+    :func:`parse_preference` / :func:`parse_score`.
+    """
+    if mode == "pairwise":
+        keys = _VERDICT_KEYS
+        answers: list = ["A", "B"] + (["tie"] if _TIE.search(template) else [])
+    else:
+        if not (float(score_min).is_integer() and float(score_max).is_integer()):
+            raise ValueError(
+                f"constrained pointwise verdicts are whole numbers, so score_min and score_max must be "
+                f"too; got {score_min:g} and {score_max:g}"
+            )
+        keys = _SCORE_KEYS
+        answers = list(range(math.ceil(score_min), math.floor(score_max) + 1))
+    key = next((k for k in _JSON_KEY.findall(template) if k in keys), None)
+    if key is not None:
+        return [json.dumps({key: a}) for a in answers]
+    if mode == "pairwise" and _BRACKETED.search(template):
+        return [f"[[{a}]]" for a in answers]
+    return [str(a) for a in answers]
+
+
+def _token_trie(sequences: list[list[int]], end_ids: list[int]) -> dict[tuple[int, ...], list[int]]:
+    """The tokens allowed after each prefix of ``sequences``: the next token of every sequence
+    that continues the prefix, and ``end_ids`` where a whole sequence ends."""
+    allowed: dict[tuple[int, ...], set[int]] = {}
+    for seq in sequences:
+        for k, tok in enumerate(seq):
+            allowed.setdefault(tuple(seq[:k]), set()).add(tok)
+        allowed.setdefault(tuple(seq), set()).update(end_ids)
+    return {prefix: sorted(tokens) for prefix, tokens in allowed.items()}
+
 
 class LLMJudge:
     """Generates judge replies for rendered prompts and parses their scores."""
@@ -102,6 +152,7 @@ class LLMJudge:
         score_min: float = 0.0,
         score_max: float = 10.0,
         normalize: bool = True,
+        verdict: str = "free",
         engine: str = "vllm",
         max_tokens: int = 32,
         temperature: float = 0.0,
@@ -115,11 +166,17 @@ class LLMJudge:
     ):
         from transformers import AutoTokenizer
 
-        from rollout_workers.types import Sampling
-
         self.template, self.mode = template, mode
         self.score_min, self.score_max, self.normalize = score_min, score_max, normalize
+        if verdict not in VERDICTS:
+            raise ValueError(f"judge verdict {verdict!r} is unknown (expected 'free' or 'constrained')")
+        self.verdicts = allowed_verdicts(template, mode, score_min, score_max) if verdict == "constrained" else None
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if self.verdicts is not None:
+            # Every token holds at least one byte of the reply, so this fits any verdict and the
+            # end-of-sequence token, whatever tokenization the constraint lets the model pick;
+            # more would only take room from the prompt.
+            max_tokens = max(len(v.encode("utf-8")) for v in self.verdicts) + 1
         self.sampling = Sampling(n=1, temperature=temperature, max_tokens=max_tokens)
         self.seed = seed
         common = dict(seed=seed, trust_remote_code=trust_remote_code, dtype=dtype, torch_threads=torch_threads)
@@ -144,6 +201,11 @@ class LLMJudge:
             self.context = int(max_model_len or getattr(self.engine.model.config, "max_position_embeddings", 2048))
         else:
             raise ValueError(f"judge engine {engine!r} is unknown (expected 'vllm' or 'hf')")
+        self.engine_kind = engine
+        self.verdict_trie = None
+        if self.verdicts is not None and engine == "hf":
+            sequences = [token_ids(self.tokenizer(v, add_special_tokens=False)["input_ids"]) for v in self.verdicts]
+            self.verdict_trie = _token_trie(sequences, self.engine.eos_ids)
 
     def encode(self, prompt: str) -> list[int]:
         """The judge prompt as the judge model's user turn (raw text without a chat template)."""
@@ -162,10 +224,67 @@ class LLMJudge:
         replies: list[Optional[str]] = [None] * len(prompts)
         for wave in self._waves(fits, encoded):
             # Offset by the wave's first position, so seeds stay distinct across waves.
-            batch = self.engine.generate([encoded[i] for i in wave], self.sampling, 0, self.seed, offset=wave[0])
-            for i, tokens in zip(wave, batch.response_ids):
+            for i, tokens in zip(wave, self._sample([encoded[i] for i in wave], offset=wave[0])):
                 replies[i] = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return replies
+
+    def _sample(self, prompt_ids: list[list[int]], offset: int) -> list[list[int]]:
+        """The generated tokens of each prompt, seeded by its position (``offset`` + index)."""
+        if self.verdicts is None:
+            return self.engine.generate(prompt_ids, self.sampling, 0, self.seed, offset=offset).response_ids
+        if self.engine_kind == "vllm":
+            return self._sample_vllm_verdicts(prompt_ids, offset)
+        return self._sample_hf_verdicts(prompt_ids, offset)
+
+    def _sample_vllm_verdicts(self, prompt_ids: list[list[int]], offset: int) -> list[list[int]]:
+        """As :meth:`VLLMEngine.generate` samples (same seeds), with vLLM's structured outputs
+        keeping each reply to a verdict; the engine's own ``generate`` takes no constraint."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        s = self.sampling
+        params = [
+            SamplingParams(
+                n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                seed=sample_seed(self.seed, 0, offset + i), detokenize=False,
+                # One per request: vLLM records the grammar backend it picked on this object.
+                structured_outputs=StructuredOutputsParams(choice=list(self.verdicts)),
+            )
+            for i in range(len(prompt_ids))
+        ]
+        outputs = self.engine.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        return [list(out.outputs[0].token_ids) for out in outputs]
+
+    @torch.no_grad()
+    def _sample_hf_verdicts(self, prompt_ids: list[list[int]], offset: int) -> list[list[int]]:
+        """As :meth:`HFEngine.generate` samples (one prompt at a time, same seeds), with
+        ``prefix_allowed_tokens_fn`` keeping each reply to a verdict's tokens."""
+        engine, s = self.engine, self.sampling
+        sampling = dict(do_sample=False) if s.temperature == 0 else dict(
+            do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0
+        )
+        replies = []
+        for i, ids in enumerate(prompt_ids):
+            torch.manual_seed(sample_seed(self.seed, 0, offset + i))
+            input_ids = torch.tensor([ids], device=engine.device)
+            out = engine.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=s.max_tokens,
+                pad_token_id=engine.pad_id,
+                eos_token_id=engine.eos_ids,
+                prefix_allowed_tokens_fn=self._allowed_after(len(ids)),
+                **sampling,
+            )
+            tokens = out[0, len(ids):].tolist()
+            ends = [j for j, tok in enumerate(tokens) if tok in engine.eos_ids]
+            replies.append(tokens[: ends[0] + 1] if ends else tokens)
+        return replies
+
+    def _allowed_after(self, prompt_length: int):
+        """``prefix_allowed_tokens_fn`` for one prompt: the tokens that continue a verdict."""
+        trie, end_ids = self.verdict_trie, self.engine.eos_ids
+        return lambda _, seq: trie.get(tuple(seq[prompt_length:].tolist()), end_ids)
 
     def _waves(self, indices: list[int], encoded: list[list[int]]) -> list[list[int]]:
         """Consecutive runs of ``indices`` whose prompts (plus one token each) fit one engine

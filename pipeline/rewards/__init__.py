@@ -11,7 +11,10 @@ The total of a sample is ``sum(weight_i * score_i)`` over the sources whose weig
 sample is unscorable (NaN: left out of the update, counted in ``reward/unscorable``) when any of
 those sources could not score it; a source with weight 0 is scored and logged but never makes a
 sample unscorable. Every source is also logged on its own: ``reward/<name>/mean``, ``/std``,
-``/unscorable``, ``/seconds``, and the counts of why samples were unscorable.
+``/unscorable``, ``/seconds``, and the counts of why samples were unscorable. Training steps
+in which no sample at all could be scored are counted (:mod:`pipeline.rewards.stall`);
+``reward.max_unscorable_steps`` of them in a row end the run, naming each failing source's
+first problem (:meth:`RewardSet.problems`).
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import numpy as np
 from pipeline.rewards.base import ScoreRequest, SourceResult
 from pipeline.rewards.config import ACTOR_KINDS, RewardConfig, source_configs
 from pipeline.rewards.rule import RewardFn, resolve_reward_fn, score_completions
+from pipeline.rewards.stall import RewardStall, UnscorableSteps, source_problem
 
 __all__ = [
     "PendingScores",
     "RewardConfig",
     "RewardSet",
+    "RewardStall",
     "ScoreRequest",
     "SourceResult",
+    "UnscorableSteps",
     "eval_reward_fn",
     "resolve_reward_fn",
     "score_completions",
@@ -104,6 +110,8 @@ class RewardSet:
             raise ValueError("RewardSet: needs at least one source")
         self.sources = sources
         self.started = False
+        self.last_results: list[SourceResult] = []
+        """Each source's result of the latest :meth:`collect` (for :meth:`problems`)."""
 
     @classmethod
     def from_config(cls, cfg, tokenizer=None) -> "RewardSet":
@@ -157,6 +165,7 @@ class RewardSet:
         """Wait for every source: the weighted total per sample (NaN = unscorable) and the
         metrics ``reward/*`` and ``reward/<name>/*``."""
         results = self.collect_results(pending)
+        self.last_results = results
         total = self.total(results)
         return total, self.metrics(total, results)
 
@@ -178,6 +187,15 @@ class RewardSet:
             for key, value in result.counters.items():
                 metrics[f"{prefix}/{key}"] = float(value)
         return metrics
+
+    def problems(self) -> list[str]:
+        """One line per counted source (weight not 0) that could not score some sample of the
+        latest :meth:`collect`: its reasons and its first problem (see :mod:`.stall`)."""
+        return [
+            source_problem(source.name, source.kind, result.reasons, result.first_problem)
+            for source, result in zip(self.sources, self.last_results)
+            if source.weight != 0 and result.reasons
+        ]
 
     def score(self, request: ScoreRequest) -> tuple[np.ndarray, dict[str, float]]:
         return self.collect(self.submit(request))

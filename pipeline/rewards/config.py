@@ -116,6 +116,13 @@ class JudgeSourceConfig(ActorSourceConfig):
     swap: bool = False
     """Pairwise: also ask with the two replies swapped and average, which cancels the judge's
     position bias (twice the generations)."""
+    verdict: str = "free"
+    """``free``: the judge writes what it likes and its reply is parsed (templates that ask for
+    reasoning before the verdict need this). ``constrained``: decoding is restricted so the reply
+    is always a valid verdict in the form the template shows (pairwise ``{"winner": "A"}``,
+    ``[[A]]`` or bare ``A``, with ``tie`` when the template mentions ties; pointwise the whole
+    numbers from score_min to score_max), so no reply is unparsable and ``max_tokens`` does not
+    apply. vLLM uses its structured outputs, ``hf`` an allowed-token filter."""
     max_tokens: int = 32
     """Most tokens the judge generates per reply."""
     temperature: float = 0.0
@@ -154,6 +161,11 @@ class HttpSourceConfig(SourceConfig):
     """Wait before the first retry; doubles on each later one."""
     max_backoff_s: float = 8.0
     """Longest wait between two attempts."""
+    breaker_failures: int = 5
+    """Consecutive failed requests (after their retries) that open the circuit breaker: the
+    batch's remaining requests then fail at once without being sent (``circuit_open``), and the
+    next batch first sends one probe request, whose success closes the breaker. Bounds what a
+    server that rejects every request or never answers costs a step. 0 = no breaker."""
 
 
 @dataclass
@@ -204,6 +216,11 @@ class RewardConfig:
     """Reward sources: a list of ``{kind, name, weight, ...}`` (see ``docs/rewards.md``). A
     step's reward is the weighted sum; a sample is unscorable when any source with a weight
     other than 0 cannot score it."""
+    max_unscorable_steps: int = 3
+    """Stop the run with an error naming each failing source's first problem after this many
+    consecutive training steps in which not one sample could be scored (a wrong token, a server
+    that is down): such steps cannot teach the policy anything. A step with any scorable sample
+    resets the count. 0 = never stop."""
     server: RewardServerConfig = field(default_factory=RewardServerConfig)
     """``rayppo serve-reward``: where and how the sources are served."""
 
@@ -223,6 +240,7 @@ _ENUMS: dict[str, tuple] = {
     "engine": ("vllm", "hf"),
     "mode": ("pointwise", "pairwise"),
     "against": ("reference", "baseline"),
+    "verdict": ("free", "constrained"),
     "metric": ("bleu", "chrf", "rouge1", "rouge2", "rougeL"),
     "rouge_measure": ("fmeasure", "precision", "recall"),
 }
@@ -244,6 +262,7 @@ _BOUNDS: list[tuple[str, str, float]] = [
     ("max_retries", ">=", 0),
     ("backoff_s", ">=", 0),
     ("max_backoff_s", ">=", 0),
+    ("breaker_failures", ">=", 0),
 ]
 _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
 
@@ -304,6 +323,10 @@ def _entry_errors(spec: SourceConfig, index: int) -> list[str]:
         bad("path", f"a {spec.kind} source needs the model's path (HF directory or hub id)")
     if isinstance(spec, JudgeSourceConfig) and spec.mode == "pointwise" and spec.score_min >= spec.score_max:
         bad("score_min", f"must be < score_max ({spec.score_max:g}), got {spec.score_min:g}")
+    if isinstance(spec, JudgeSourceConfig) and spec.mode == "pointwise" and spec.verdict == "constrained":
+        if not (float(spec.score_min).is_integer() and float(spec.score_max).is_integer()):
+            bad("verdict", f"constrained pointwise verdicts are whole numbers, so score_min and score_max must be "
+                           f"too; got {spec.score_min:g} and {spec.score_max:g}")
     if isinstance(spec, HttpSourceConfig):
         if not re.match(r"^https?://[^/\s]+", spec.url):
             bad("url", f"must be an http:// or https:// URL, got {spec.url!r}")
@@ -358,6 +381,8 @@ def reward_errors(cfg) -> list[str]:
             f"reward.function={rc.function!r} and reward.sources are both set: add the function "
             "to reward.sources as {kind: rule, function: ...} instead"
         )
+    if rc.max_unscorable_steps < 0:
+        errors.append(f"reward.max_unscorable_steps: must be >= 0 (0 never stops), got {rc.max_unscorable_steps}")
     placement = cfg.resources.placement
     for index, spec in enumerate(specs):
         if isinstance(spec, ActorSourceConfig) and spec.node_labels and placement != "disaggregated":

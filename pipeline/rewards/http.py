@@ -12,6 +12,10 @@ At most ``max_concurrency`` requests are in flight; each attempt has ``timeout_s
 errors, timeouts, 429 and 5xx are retried up to ``max_retries`` times with exponential backoff.
 A request that still fails makes its samples unscorable and counts in ``failed_requests``; a
 deadline on the whole batch means a server that never answers cannot hang the step.
+
+``breaker_failures`` consecutive failed requests open a circuit breaker (:class:`Breaker`): the
+batch's requests not yet sent fail at once (``circuit_open``) instead of each waiting out its
+timeouts and retries, and the next batch probes the server with one request first.
 """
 
 from __future__ import annotations
@@ -35,6 +39,65 @@ class RequestFailed(Exception):
         super().__init__(problem)
         self.reason, self.problem, self.attempts = reason, problem, attempts
         self.at = time.monotonic()
+
+
+class Breaker:
+    """Consecutive failed requests of one source, shared by the threads of its pool.
+
+    ``closed``: requests are sent. ``threshold`` failures in a row open it (``open``): requests
+    not yet sent fail at once, and requests between two attempts stop retrying. The next batch
+    makes it ``half_open``: the first request to go is a probe (``probing``) and the others wait
+    for its outcome; a success closes the breaker, a failure opens it again. Any success closes
+    it. ``threshold`` 0: never opens.
+    """
+
+    def __init__(self, threshold: int, source: str):
+        self.threshold = threshold
+        self.source = source
+        self.state = "closed"
+        self.failures = 0
+        self.cause = ""
+        """Why it opened, with the last failure (the real cause: an HTTP 401, a timeout)."""
+        self._changed = threading.Condition()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == "open"
+
+    def next_batch(self) -> None:
+        with self._changed:
+            if self.state == "open":
+                self.state = "half_open"
+
+    def admit(self) -> bool:
+        """Whether a request may be sent now; waits while a probe is out."""
+        with self._changed:
+            while self.state == "probing":
+                self._changed.wait()
+            if self.state == "open":
+                return False
+            if self.state == "half_open":
+                self.state = "probing"
+            return True
+
+    def record(self, failure: Optional[str]) -> None:
+        """The outcome of a request that was sent: ``None`` for a reply, else its problem."""
+        with self._changed:
+            if failure is None:
+                if self.state != "closed":
+                    logger.info("reward source %r: a request succeeded; circuit breaker closed", self.source)
+                self.state, self.failures = "closed", 0
+            else:
+                self.failures += 1
+                probe_failed = self.state == "probing"
+                if probe_failed or (self.threshold and self.failures >= self.threshold and self.state != "open"):
+                    what = "its probe request failed" if probe_failed else f"{self.failures} consecutive failed requests"
+                    self.state, self.cause = "open", f"{what} (breaker_failures={self.threshold}); last: {failure}"
+                    logger.warning("reward source %r: circuit breaker open: %s", self.source, self.cause)
+            self._changed.notify_all()
+
+    def refusal(self) -> RequestFailed:
+        return RequestFailed("circuit_open", f"not sent: circuit breaker open after {self.cause}", 0)
 
 
 def token_from(token_env: Optional[str], token_file: Optional[str], field: str, owner: str = "") -> Optional[str]:
@@ -107,7 +170,7 @@ class HttpSource:
             limits=httpx.Limits(max_connections=spec.max_concurrency),
         )
         self.pool = ThreadPoolExecutor(max_workers=spec.max_concurrency, thread_name_prefix=f"reward-{spec.name}")
-        self._lock = threading.Lock()
+        self.breaker = Breaker(spec.breaker_failures, spec.name)
 
     def start(self, placement=None) -> None:
         pass
@@ -121,13 +184,29 @@ class HttpSource:
 
     def _post(self, rows: list[dict]) -> tuple[list[Optional[float]], list[dict], int, float]:
         """(scores, info, attempts, time of the reply) of one request; ``RequestFailed`` after
-        the last attempt."""
+        the last attempt, or at once while the breaker is open."""
+        if not self.breaker.admit():  # a request queued behind the failures that opened it
+            raise self.breaker.refusal()
+        failure: Optional[str] = "the request raised"  # so that threads waiting on a probe go on
+        try:
+            reply = self._send(rows)
+            failure = None
+            return reply
+        except RequestFailed as e:
+            failure = e.problem
+            raise
+        finally:
+            self.breaker.record(failure)
+
+    def _send(self, rows: list[dict]) -> tuple[list[Optional[float]], list[dict], int, float]:
         import httpx
 
         s, problem, reason = self.spec, "", "request_failed"
         for attempt in range(s.max_retries + 1):
             if attempt:
+                self._stop_retrying_if_open(reason, problem, attempt)
                 time.sleep(min(s.backoff_s * 2 ** (attempt - 1), s.max_backoff_s))
+                self._stop_retrying_if_open(reason, problem, attempt)
             try:
                 reply = self.client.post(s.url, json={"samples": rows})
             except httpx.TimeoutException as e:
@@ -148,7 +227,14 @@ class HttpSource:
             return scores, info, attempt + 1, time.monotonic()
         raise RequestFailed(reason, f"{problem} (after {s.max_retries + 1} attempts)", s.max_retries + 1)
 
+    def _stop_retrying_if_open(self, reason: str, problem: str, attempts: int) -> None:
+        """Other requests opened the breaker: this one fails with its own problem, now."""
+        if self.breaker.is_open:
+            raise RequestFailed(reason, f"{problem} (retries stopped after attempt {attempts}: circuit breaker open)",
+                                attempts)
+
     def submit(self, request: ScoreRequest):
+        self.breaker.next_batch()  # an open breaker lets one probe request through
         rows = request_rows(request)
         size = self.spec.batch_size
         chunks = [list(range(lo, min(lo + size, len(rows)))) for lo in range(0, len(rows), size)]
@@ -159,6 +245,7 @@ class HttpSource:
         futures, chunks, n, submitted = handle
         builder = ResultBuilder(n)
         builder.count("failed_requests", 0.0)
+        builder.count("breaker_open", 0.0)
         waves = math.ceil(len(chunks) / self.spec.max_concurrency) if chunks else 0
         deadline = submitted + waves * self._attempt_bound() + 5.0
         info_sums: dict[str, list[float]] = {}
@@ -175,10 +262,11 @@ class HttpSource:
                 continue
             except RequestFailed as e:
                 finished = max(finished, e.at)
-                builder.count("failed_requests")
-                builder.count("retries", e.attempts - 1)
+                sent = e.attempts > 0  # not sent: refused by the open breaker
+                builder.count("failed_requests", float(sent))
+                builder.count("retries", max(0, e.attempts - 1))
                 for i in chunk:
-                    builder.fail(i, e.reason, f"request failed: {e.problem}")
+                    builder.fail(i, e.reason, f"request failed: {e.problem}" if sent else e.problem)
                 continue
             builder.count("retries", attempts - 1)
             finished = max(finished, replied)
@@ -192,6 +280,7 @@ class HttpSource:
                         info_sums.setdefault(key, []).append(float(value))
         for key, values in info_sums.items():
             builder.count(f"info/{key}", sum(values) / len(values))
+        builder.count("breaker_open", float(self.breaker.is_open))
         # The source's own time: until its last reply, not until the caller came to collect.
         out = builder.result(finished - submitted)
         if out.reasons:

@@ -59,7 +59,7 @@ class JudgeSource(ActorSource):
 
         s = self.spec
         return LLMJudge, (s.path, self.template), dict(
-            mode=s.mode, score_min=s.score_min, score_max=s.score_max, normalize=s.normalize,
+            mode=s.mode, score_min=s.score_min, score_max=s.score_max, normalize=s.normalize, verdict=s.verdict,
             engine=s.engine, max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed,
             max_model_len=s.max_model_len, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
             kv_cache_gib=s.kv_cache_gib, gpu_memory_utilization=s.gpu_memory_utilization,

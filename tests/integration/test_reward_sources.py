@@ -170,6 +170,35 @@ def test_ppo_with_every_reward_source_resumes_exactly(
     assert sorted(r["source"] for r in report["reward"]) == ["judge", "rm"]
 
 
+def test_a_run_that_cannot_score_stops_and_says_why(tiny_model, ray_session, tmp_path, tiny_config, chat_rows,
+                                                    reward_server):
+    from learners import checkpoint
+    from pipeline.rewards import RewardStall
+
+    train, held_out = chat_rows
+    url, _ = reward_server
+    (tmp_path / "token").write_text("not-" + TOKEN)
+    entry = {"kind": "http", "name": "remote", "url": url + "/score", "token_file": str(tmp_path / "token")}
+    cfg = tiny_config(
+        tiny_model, str(tmp_path), "total_steps=5", "reward.max_unscorable_steps=2", "checkpoint.every_steps=1",
+        "data.task=null", f"data.train_files=[{train}]", f"data.eval_files=[{held_out}]",
+        f"reward.sources={json.dumps([entry])}",
+    )
+    with pytest.raises(RewardStall) as info:
+        run(cfg)
+    message = str(info.value)
+    assert message.startswith(
+        "reward: no sample could be scored for 2 consecutive steps (reward.max_unscorable_steps=2); "
+        "source 'remote' (http): 16 request_failed; first: sample 0 request failed: HTTP 401"
+    ), message
+    # Step 1 ran, was logged and saved; step 2 stopped before its update, so nothing after it.
+    rows = read_metrics(str(tmp_path))
+    assert sorted(rows) == [0, 1] and rows[1]["reward/unscorable"] == 16
+    assert rows[1]["reward/remote/request_failed"] == 16
+    assert checkpoint.latest(cfg.checkpoint.dir) == os.path.realpath(checkpoint.step_dir(cfg.checkpoint.dir, 1))
+    assert checkpoint.read_state(checkpoint.step_dir(cfg.checkpoint.dir, 1))["step"] == 1
+
+
 def test_eval_compares_two_models(tiny_model, tiny_reward_model, ray_session, tmp_path, tiny_config, chat_rows, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,6 +1,9 @@
 """The ``http`` source against real uvicorn servers in this process (retries, timeouts, the
-concurrency limit, a server that is down or answers garbage), and the ``serve-reward`` app with
-token auth."""
+concurrency limit, a server that is down or answers garbage, the circuit breaker), and the
+``serve-reward`` app with token auth.
+
+Every assertion is on what the server counted (requests, requests at once) and on the order of
+events, never on wall time: CI runs these on a loaded 2-core machine."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import contextlib
 import socket
 import threading
 import time
+from typing import Optional
 
 import httpx
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.rewards import RewardSet, ScoreRequest
+from pipeline.rewards.http import Breaker
 from pipeline.rewards.server import build_app, resolve_token
 
 
@@ -39,32 +44,45 @@ def serving(app):
 
 
 class Backend:
-    """A reward server with knobs: fails the first ``fail_first`` calls with 500, sleeps,
-    answers the wrong number of scores, and records how many requests ran at once."""
+    """A reward server with knobs: fails the first ``fail_first`` calls with 500, wants a
+    bearer ``token`` (401 otherwise), sleeps (until ``release`` is set), answers the wrong number
+    of scores, and records how many requests it received and how many ran at once."""
 
     def __init__(self):
         self.calls = 0
         self.active = 0
         self.max_active = 0
         self.fail_first = 0
+        self.token: Optional[str] = None
         self.sleep_s = 0.0
+        self.release = threading.Event()
         self.wrong_length = False
         self.lock = threading.Lock()
 
+    def wait_for_calls(self, n: int) -> None:
+        """Until the server has received ``n`` requests (a request the client gave up on may
+        reach the handler a moment after), with a deadline."""
+        deadline = time.monotonic() + 20
+        while self.calls < n:
+            assert time.monotonic() < deadline, f"the server received {self.calls} requests, expected {n}"
+            time.sleep(0.01)
+
     def app(self):
-        from fastapi import Body, FastAPI, HTTPException
+        from fastapi import Body, FastAPI, Header, HTTPException
 
         app = FastAPI()
 
         @app.post("/score")
-        def score(body: dict = Body(...)) -> dict:
+        def score(body: dict = Body(...), authorization: Optional[str] = Header(default=None)) -> dict:
             with self.lock:
                 self.calls += 1
                 call = self.calls
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
             try:
-                time.sleep(self.sleep_s)
+                self.release.wait(self.sleep_s)
+                if self.token is not None and authorization != f"Bearer {self.token}":
+                    raise HTTPException(401, "invalid or missing bearer token")
                 if call <= self.fail_first:
                     raise HTTPException(500, "warming up")
                 samples = body["samples"]
@@ -84,7 +102,10 @@ def backend():
     b = Backend()
     with serving(b.app()) as url:
         b.url = url
-        yield b
+        try:
+            yield b
+        finally:
+            b.release.set()  # handlers still sleeping return now, so the server can stop
 
 
 def http_rewards(url: str, **settings) -> RewardSet:
@@ -126,24 +147,23 @@ def test_server_500_beyond_retries_is_counted(backend):
 
 
 def test_timeout_is_bounded_and_counted(backend):
-    backend.sleep_s = 1.5
+    backend.sleep_s = 60  # until the test ends
     rs = http_rewards(backend.url + "/score", timeout_s=0.2, max_retries=1)
-    start = time.perf_counter()
     scores, metrics = rs.score(request(["a", "b"]))
-    assert time.perf_counter() - start < 1.2  # two 0.2 s attempts, never the slow server's 1.5 s
     assert np.isnan(scores).all() and metrics["reward/api/timeout"] == 2
-    assert metrics["reward/api/failed_requests"] == 1
+    assert metrics["reward/api/failed_requests"] == 1 and metrics["reward/api/retries"] == 1
+    backend.wait_for_calls(2)
+    # Both attempts are still being worked on: the source gave up without waiting for them.
+    assert backend.calls == 2 and backend.active == 2
     rs.shutdown()
 
 
 def test_concurrency_limit_holds(backend):
     backend.sleep_s = 0.2
     rs = http_rewards(backend.url + "/score", batch_size=1, max_concurrency=2)
-    start = time.perf_counter()
     scores, _ = rs.score(request(["a"] * 6))
     assert scores.tolist() == [1.0] * 6
-    assert backend.max_active == 2
-    assert time.perf_counter() - start >= 3 * 0.2  # six requests, two at a time
+    assert backend.calls == 6 and backend.max_active == 2  # six requests, never more than two at once
     rs.shutdown()
 
 
@@ -160,12 +180,96 @@ def test_server_down_is_counted_not_a_hang():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rs = http_rewards(f"http://127.0.0.1:{port}/score", max_retries=2, timeout_s=1)
-    start = time.perf_counter()
     scores, metrics = rs.score(request(["a"]))
-    assert time.perf_counter() - start < 5
     assert np.isnan(scores).all() and metrics["reward/api/failed_requests"] == 1
     assert metrics["reward/api/retries"] == 2 and metrics["reward/api/request_failed"] == 1
     rs.shutdown()
+
+
+# ---------------------------------------------------------------------------- circuit breaker
+
+
+def wrong_token_rewards(backend, tmp_path, **settings) -> RewardSet:
+    backend.token = "right"
+    (tmp_path / "token").write_text("wrong")
+    return http_rewards(backend.url + "/score", token_file=str(tmp_path / "token"), batch_size=1, **settings)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_wrong_token_opens_the_breaker_and_the_rest_of_the_batch_is_not_sent(backend, tmp_path, concurrency):
+    rs = wrong_token_rewards(backend, tmp_path, breaker_failures=3, max_concurrency=concurrency)
+    scores, metrics = rs.score(request(["a"] * 20))
+    assert np.isnan(scores).all()
+    # The third 401 opens it; requests already in flight then (at most concurrency - 1) still
+    # count, every later one fails without reaching the server.
+    sent = backend.calls
+    assert 3 <= sent <= 3 + concurrency - 1
+    if concurrency == 1:
+        assert sent == 3
+    assert metrics["reward/api/request_failed"] == metrics["reward/api/failed_requests"] == sent
+    assert metrics["reward/api/circuit_open"] == 20 - sent
+    assert metrics["reward/api/breaker_open"] == 1 and metrics["reward/api/retries"] == 0  # 401 is not retried
+    first = rs.last_results[0].first_problem
+    assert first.startswith("sample 0 request failed: HTTP 401") and "invalid or missing bearer token" in first
+    [problem] = rs.problems()
+    assert problem.startswith(f"source 'api' (http): {sent} request_failed, {20 - sent} circuit_open; first: ")
+    assert "HTTP 401" in problem
+    rs.shutdown()
+
+
+def test_slow_server_costs_breaker_failures_requests_not_the_whole_batch(backend):
+    backend.sleep_s = 60  # longer than any attempt: every request times out
+    rs = http_rewards(backend.url + "/score", timeout_s=0.2, max_retries=1, batch_size=1, max_concurrency=1,
+                      breaker_failures=2)
+    scores, metrics = rs.score(request(["a"] * 8))
+    assert np.isnan(scores).all()
+    assert metrics["reward/api/timeout"] == 2 and metrics["reward/api/circuit_open"] == 6
+    assert metrics["reward/api/failed_requests"] == 2 and metrics["reward/api/breaker_open"] == 1
+    backend.wait_for_calls(4)  # two requests, two attempts each; every future is done, none follows
+    assert backend.calls == 4
+    assert "timed out after timeout_s=0.2" in rs.problems()[0]
+    rs.shutdown()
+
+
+def test_next_batch_probes_once_and_a_healthy_server_closes_the_breaker(backend, tmp_path):
+    rs = wrong_token_rewards(backend, tmp_path, breaker_failures=2, max_concurrency=2)
+    rs.score(request(["a"] * 6))
+    assert rs.sources[0].breaker.is_open
+    # Still failing: one probe request goes out (the other thread waits for it), the rest not.
+    sent = backend.calls
+    scores, metrics = rs.score(request(["a"] * 6))
+    assert backend.calls == sent + 1 and np.isnan(scores).all()
+    assert metrics["reward/api/request_failed"] == 1 and metrics["reward/api/circuit_open"] == 5
+    assert metrics["reward/api/breaker_open"] == 1
+    assert "HTTP 401" in rs.last_results[0].first_problem  # the probe's own failure comes first
+    assert rs.sources[0].breaker.cause.startswith("its probe request failed")
+    # The server accepts the token again: the probe succeeds, the breaker closes, all is scored.
+    backend.token = None
+    scores, metrics = rs.score(request(["ab"] * 6))
+    assert scores.tolist() == [2.0] * 6 and backend.calls == sent + 1 + 6
+    assert metrics["reward/api/breaker_open"] == 0 and metrics["reward/api/unscorable"] == 0
+    assert rs.problems() == []
+    rs.shutdown()
+
+
+def test_breaker_counts_consecutive_failures_only():
+    breaker = Breaker(3, "api")
+    for outcome in ("HTTP 500", "HTTP 500", None, "HTTP 500", "HTTP 500"):
+        assert breaker.admit()
+        breaker.record(outcome)
+    assert not breaker.is_open  # the success in between reset the count
+    breaker.record("HTTP 503")
+    assert breaker.is_open and not breaker.admit()
+    assert breaker.refusal().reason == "circuit_open" and "last: HTTP 503" in breaker.refusal().problem
+    off = Breaker(0, "api")
+    for _ in range(10):
+        off.record("HTTP 500")
+    assert off.admit() and not off.is_open
+
+
+def test_breaker_failures_is_validated():
+    with pytest.raises(ValueError, match=r"reward\.sources\[0\]\.breaker_failures \(source 'api'\): must be >= 0"):
+        http_rewards("http://127.0.0.1:1/score", breaker_failures=-1)
 
 
 # ---------------------------------------------------------------------------- serve-reward

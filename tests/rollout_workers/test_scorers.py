@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from rollout_workers.judge import LLMJudge, parse_preference, parse_score, render
+from rollout_workers.judge import LLMJudge, allowed_verdicts, parse_preference, parse_score, render
 
 
 @pytest.mark.parametrize(
@@ -88,6 +88,59 @@ def test_pairwise_swap_averages_both_orders(tiny_model, monkeypatch):
     out = judge.score([{"response_a": "x", "response_b": "y"}], swap=True)
     assert out["scores"] == [0.5]
     assert judge.score([{"response_a": "x", "response_b": "y"}])["scores"] == [1.0]
+
+
+PAIRWISE = 'Q: {prompt}\nA: {response_a}\nB: {response_b}\nBetter? {"winner": "A"}, {"winner": "B"} or {"winner": "tie"}'
+
+
+@pytest.mark.parametrize(
+    "template,mode,expected",
+    [
+        (PAIRWISE, "pairwise", ['{"winner": "A"}', '{"winner": "B"}', '{"winner": "tie"}']),
+        ("{response_a} or {response_b}? Say [[A]] or [[B]].", "pairwise", ["[[A]]", "[[B]]"]),  # no tie offered
+        ("{response_a} or {response_b}? A, B or tie:", "pairwise", ["A", "B", "tie"]),
+        ('{completion} Example: {"note": "x", "rating": 2}', "pointwise", ['{"rating": 1}', '{"rating": 2}', '{"rating": 3}']),
+        ("Rate {completion} from 1 to 3:", "pointwise", ["1", "2", "3"]),
+    ],
+)
+def test_constrained_verdicts_take_the_templates_form_and_parse(template, mode, expected):
+    verdicts = allowed_verdicts(template, mode, 1, 3)
+    assert verdicts == expected
+    if mode == "pairwise":
+        assert all(parse_preference(v) is not None for v in verdicts)
+    else:
+        assert [parse_score(v, 1, 3) for v in verdicts] == [1.0, 2.0, 3.0]
+
+
+def test_constrained_verdict_settings_are_checked():
+    from pipeline.config import load_config
+
+    with pytest.raises(ValueError, match=r"score_min and score_max must be too; got 0 and 2\.5"):
+        allowed_verdicts("{completion}", "pointwise", 0, 2.5)
+    with pytest.raises(ValueError, match=r"reward\.sources\[0\]\.verdict \(source 'j'\): must be one of free, constrained"):
+        load_config(None, ["reward.sources=[{kind: judge, name: j, path: m, verdict: json}]"])
+    with pytest.raises(ValueError, match=r"reward\.sources\[0\]\.verdict \(source 'j'\): constrained pointwise .* got 0 and 0\.5"):
+        load_config(None, ["reward.sources=[{kind: judge, name: j, path: m, verdict: constrained, score_max: 0.5}]"])
+
+
+def test_constrained_pairwise_judge_on_the_transformers_engine(tiny_model):
+    # The random tiny model never writes a verdict on its own; constrained, every reply is one,
+    # and judging both orders still averages them.
+    judge = LLMJudge(tiny_model, PAIRWISE, mode="pairwise", engine="hf", verdict="constrained")
+    items = [{"prompt": f"Compute {i}+1.", "response_a": str(i + 1), "response_b": str(i + 2)} for i in range(3)]
+    out = judge.score(items, swap=True)
+    assert out["reasons"] == [None] * 3
+    assert all(r in allowed_verdicts(PAIRWISE, "pairwise") for r in out["replies"])
+    assert all(s in (0.0, 0.25, 0.5, 0.75, 1.0) for s in out["scores"])
+    one_order = judge.score(items)
+    assert one_order["replies"] == out["replies"] and [parse_preference(r) for r in out["replies"]] == one_order["scores"]
+    # Sampled verdicts are verdicts too, and pointwise ones are the whole numbers in range.
+    sampled = LLMJudge(tiny_model, PAIRWISE, mode="pairwise", engine="hf", verdict="constrained", temperature=1.0)
+    assert sampled.score(items)["reasons"] == [None] * 3
+    pointwise = LLMJudge(tiny_model, "{prompt} {completion} Score 0-9:", engine="hf", score_max=9, verdict="constrained")
+    out = pointwise.score([{"prompt": "Compute 1+1.", "completion": "2"}])
+    assert out["reasons"] == [None] and out["replies"][0] in [str(n) for n in range(10)]
+    assert out["scores"][0] == pytest.approx(int(out["replies"][0]) / 9)
 
 
 def test_reward_model_scores_are_padding_independent(tiny_reward_model):
