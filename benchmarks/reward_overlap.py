@@ -28,6 +28,12 @@ import time
 from benchmarks.machine import load_average, machine, versions
 
 
+def digit_fraction(prompt: str, completion: str, answer) -> float:
+    """The rule source: share of digits in the completion, which varies across samples even for
+    a random model (the rows have no task, so there is no built-in verifier)."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
 class Sequential:
     """A :class:`RewardSet` scored inside ``submit``, one source after another."""
 
@@ -84,7 +90,7 @@ def bench_config(root: str, policy: str, rm: str, args):
     from pipeline.config import load_config
 
     sources = [
-        {"kind": "rule", "name": "digits", "function": "tests.integration.reward_fns:digit_fraction"},
+        {"kind": "rule", "name": "digits", "function": "benchmarks.reward_overlap:digit_fraction"},
         {"kind": "model", "name": "rm", "path": rm, "batch_size": 32, "cpus": 1, "weight": 0.5},
         {"kind": "judge", "name": "judge", "path": policy, "template": "pointwise_digit", "score_max": 9,
          "temperature": 1.0, "max_tokens": args.judge_tokens, "cpus": 1, "weight": 0},

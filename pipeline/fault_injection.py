@@ -31,6 +31,9 @@ def point(name: str, **tags) -> None:
             wanted = json.load(f)
     except (OSError, ValueError):
         return
+    if not isinstance(wanted, dict):
+        raise ValueError(f"{ENV}: {path} must hold a JSON object of tags (as fault_injection.arm writes, "
+                         f"e.g. {{\"rank\": 1}}), got {type(wanted).__name__}: {wanted!r}")
     if any(tags.get(key) != value for key, value in wanted.items()):
         return
     try:

@@ -7,6 +7,37 @@ import pytest
 from pipeline.config import RayppoConfig
 
 
+class RayStarted(BaseException):
+    """Raised when code under ``refuse_ray_start`` starts Ray. A BaseException, so the CLI's
+    ``except Exception`` handlers cannot turn it into an ordinary exit status."""
+
+
+@pytest.fixture
+def refuse_ray_start(monkeypatch) -> list[str]:
+    """Makes starting Ray fail the test, and returns the list of attempts (empty when none).
+
+    Holds whether or not another test's Ray session is up (under ``make test`` one usually is):
+    ``ray.is_initialized`` answers False, so any Ray call goes through Ray's auto-init to
+    ``ray.init``. Every stage starts Ray through ``pipeline.ray_setup.init_ray``, which it imports
+    inside the function that calls it, so replacing the module attribute reaches all of them."""
+    import ray
+
+    from pipeline import ray_setup
+
+    attempts: list[str] = []
+
+    def refuse(name):
+        def start(*args, **kwargs):
+            attempts.append(name)
+            raise RayStarted(f"{name} was called: Ray started where the test expects it not to")
+        return start
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse("ray.init"))
+    monkeypatch.setattr(ray_setup, "init_ray", refuse("pipeline.ray_setup.init_ray"))
+    return attempts
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A locally built tiny Qwen2 model and tokenizer (random weights), built once per session."""

@@ -205,16 +205,19 @@ class UserModelServer:
         self.model = model or self._engine_thread.submit(UserModel, UserConfig(**user)).result()
         self._pending: list[tuple[list[dict], int, asyncio.Future]] = []
         self._flusher: Optional[asyncio.Task] = None
-        self.calls = 0
+        self._arrived = 0
+        self._calls: list[tuple[int, int]] = []
 
     def ready(self) -> bool:
         return True
 
-    def engine_calls(self) -> int:
-        """How many engine calls served the requests so far (fewer than requests: batching)."""
-        return self.calls
+    def engine_calls(self) -> list[tuple[int, int]]:
+        """``(requests arrived so far, requests it served)`` for each engine call so far, in
+        order. Each call serves every request that arrived since the previous call started."""
+        return list(self._calls)
 
     async def reply(self, messages: list[dict], seed: int) -> str:
+        self._arrived += 1
         future = asyncio.get_running_loop().create_future()
         self._pending.append((messages, seed, future))
         if self._flusher is None or self._flusher.done():
@@ -226,7 +229,7 @@ class UserModelServer:
         while self._pending:
             await asyncio.sleep(0)  # requests sent together arrive in the same batch
             batch, self._pending = self._pending, []
-            self.calls += 1
+            self._calls.append((self._arrived, len(batch)))
             try:
                 texts = await loop.run_in_executor(self._engine_thread, self.model.reply, [(m, s) for m, s, _ in batch])
             except Exception as e:  # noqa: BLE001 - the engine failed: every waiting request fails

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
+import threading
 
 
 class CountingEnv:
@@ -69,15 +69,27 @@ class RaisingResetEnv(CountingEnv):
         return super().reset(row, seed)
 
 
-class SlowEnv(CountingEnv):
-    """A synchronous step that blocks for ``delay`` seconds (an HTTP call)."""
+class BlockedEnv(CountingEnv):
+    """A synchronous step that blocks until the test sets ``release`` (a call that hangs).
+    ``returned`` counts the steps that got past it."""
 
-    def __init__(self, delay: float = 0.3, **kwargs):
-        super().__init__(**kwargs)
-        self.delay = delay
+    release = threading.Event()
+    returned = 0
 
     def step(self, messages, assistant_reply):
-        time.sleep(self.delay)
+        BlockedEnv.release.wait(timeout=60)  # a guard: the test releases it long before
+        BlockedEnv.returned += 1
+        return super().step(messages, assistant_reply)
+
+
+class MeetingEnv(CountingEnv):
+    """A synchronous step that waits at ``barrier`` until ``barrier.parties`` steps are there:
+    it returns only when that many steps run at the same time (else it raises, broken)."""
+
+    barrier = threading.Barrier(1)
+
+    def step(self, messages, assistant_reply):
+        MeetingEnv.barrier.wait()
         return super().step(messages, assistant_reply)
 
 

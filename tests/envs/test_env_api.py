@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import time
 
 import pytest
 
@@ -197,12 +196,19 @@ def test_failed_reset_keeps_shapes_regular():
 
 
 def test_slow_step_times_out_as_unscorable():
-    factory = load_env(env_config("SlowEnv", kwargs={"delay": 1.0}, step_timeout_s=0.2, trial_step=False))
+    from tests.envs import envs_for_tests
+
+    factory = load_env(env_config("BlockedEnv", step_timeout_s=0.2, trial_step=False))
     session = factory.make()
     session.reset(ROW, 0)
-    start = time.perf_counter()
-    result = session.step("hi")
-    assert time.perf_counter() - start < 0.9
+    envs_for_tests.BlockedEnv.release.clear()
+    envs_for_tests.BlockedEnv.returned = 0
+    try:
+        result = session.step("hi")
+        # The environment's step is still blocked: the timeout returned, not the step.
+        assert envs_for_tests.BlockedEnv.returned == 0
+    finally:
+        envs_for_tests.BlockedEnv.release.set()
     assert result.unscorable and "took longer than env.step_timeout_s=0.2" in result.error
     assert factory.metrics()["env/timeouts"] == 1
 
@@ -235,17 +241,24 @@ def test_async_env_timeout():
 
 
 def test_slow_sync_steps_run_on_threads_and_do_not_block_each_other():
-    factory = load_env(env_config("SlowEnv", kwargs={"delay": 0.3}, step_threads=4))
+    import threading
+
+    from tests.envs import envs_for_tests
+
+    factory = load_env(env_config("MeetingEnv", step_threads=4, trial_step=False))
     sessions = [factory.make() for _ in range(4)]
     for i, s in enumerate(sessions):
         s.reset(ROW, i)
 
     async def all_steps():
-        start = time.perf_counter()
-        await asyncio.gather(*(s.astep("hi") for s in sessions))
-        return time.perf_counter() - start
+        return await asyncio.gather(*(s.astep("hi") for s in sessions))
 
-    assert asyncio.run(all_steps()) < 0.9  # 4 x 0.3 s in sequence would be 1.2 s
+    # Each step returns only when all four are running at once: one after another, the first
+    # would wait at the barrier until it breaks (30 s) and every step would fail.
+    envs_for_tests.MeetingEnv.barrier = threading.Barrier(4, timeout=30)
+    results = asyncio.run(all_steps())
+    assert [r.error for r in results] == [None] * 4
+    assert [r.reward for r in results] == [1.0] * 4
 
 
 def test_step_all_batches_env_classes_with_step_batch():

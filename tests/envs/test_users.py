@@ -154,7 +154,7 @@ def test_user_server_answers_requests_that_arrive_together_in_one_engine_call():
     model = _CountingModel()
     server = UserModelServer({}, model=model)
     assert asyncio.run(ask(server, 4)) == [f"reply {s}" for s in range(4)]
-    assert model.batches == [4] and server.engine_calls() == 1
+    assert model.batches == [4] and server.engine_calls() == [(4, 4)]
     broken = UserModelServer({}, model=_CountingModel(fail=True))
     answers = asyncio.run(ask(broken, 3))
     assert all(isinstance(a, RuntimeError) and "engine died" in str(a) for a in answers)  # every waiter fails, none hangs

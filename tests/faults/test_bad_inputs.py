@@ -258,7 +258,7 @@ def _run_case(case: Case, tiny_model: str, tmp: Path, checkpoints: Path, capsys)
     return err
 
 
-def test_the_base_config_passes_every_check(tiny_model, tmp_path, existing_checkpoint):
+def test_the_base_config_passes_every_check(tiny_model, tmp_path, existing_checkpoint, refuse_ray_start):
     """The control: without a defect, the checks that the cases trip all pass."""
     from pipeline.config import load_config
     from pipeline.driver import Trainer
@@ -271,18 +271,15 @@ def test_the_base_config_passes_every_check(tiny_model, tmp_path, existing_check
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_fails_before_heavy_work_naming_the_culprit(case, tiny_model, tmp_path, existing_checkpoint,
-                                                               capsys, monkeypatch):
-    import ray
-
+                                                               capsys, monkeypatch, refuse_ray_start):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path / "code"))
-    ray_was_running = ray.is_initialized()  # integration tests may share one Ray session
     before = _tree_digest(existing_checkpoint)
     err = _run_case(case, tiny_model, tmp_path, existing_checkpoint, capsys)
     for culprit in case.culprits:
         assert culprit in err, f"{culprit!r} not in:\n{err}"
     assert "Traceback" not in err
-    assert ray.is_initialized() == ray_was_running  # failed before Ray started
+    assert refuse_ray_start == []  # failed before Ray started
     assert _tree_digest(existing_checkpoint) == before
 
 

@@ -84,6 +84,8 @@ def _lose_node(cluster, name: str) -> list[tuple[int, str]]:
     return processes
 
 
+# A cluster to start, the reference run, then up to three waits of JOB_TIMEOUT_S.
+@pytest.mark.timeout(1800)
 def test_job_survives_losing_its_learner_node_and_a_driver_killed_mid_checkpoint(
         cluster, tiny_model, tmp_path, reference_run):
     """A preemptible cluster's day: the node holding the learner ranks is lost after step 1 (the
@@ -95,7 +97,9 @@ def test_job_survives_losing_its_learner_node_and_a_driver_killed_mid_checkpoint
     job = _submit(cluster, tiny_model, storage, "resources.placement_timeout_s=120", fault_dir=faults)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while (_committed_step(checkpoints) or 0) < 1:
-        assert time.monotonic() < deadline, _client(cluster).get_job_logs(job)[-6000:]
+        assert time.monotonic() < deadline, (
+            f"waited {JOB_TIMEOUT_S} s for the step-1 checkpoint in {checkpoints}; job logs:\n"
+            + _client(cluster).get_job_logs(job)[-6000:])
         time.sleep(0.2)
     # The driver cannot pass a learner call while its ranks are gone, so the loss is handled
     # before it reaches the last checkpoint.

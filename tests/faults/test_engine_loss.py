@@ -93,4 +93,6 @@ def test_a_setup_that_fails_part_way_gives_its_resources_back(tiny_model, ray_se
     deadline = time.monotonic() + 30  # the raylet reports freed resources a moment later
     while ray.available_resources().get("CPU", 0.0) < free_before and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert ray.available_resources().get("CPU", 0.0) >= free_before
+    assert ray.available_resources().get("CPU", 0.0) >= free_before, (
+        f"waited 30 s for {free_before:g} free CPUs (as before setup) after the failed setup; "
+        f"free now: {ray.available_resources().get('CPU', 0.0):g}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,15 @@ def test_an_armed_point_kills_the_matching_process_once(tmp_path):
     assert killed.returncode == -signal.SIGKILL and killed.stdout == ""
     assert fault_injection.fired(directory, "learner.update")
     assert _reach_point(1, directory).stdout.strip() == "alive"  # fired once: its replacement lives
+
+
+def test_an_armed_file_that_is_not_an_object_names_itself(tmp_path, monkeypatch):
+    path = tmp_path / "learner.update.json"
+    path.write_text("[1, 2]")
+    monkeypatch.setenv(fault_injection.ENV, str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} must hold a JSON object of tags .* got list: \[1, 2\]"):
+        fault_injection.point("learner.update", rank=1)
+    assert path.exists()  # not fired
 
 
 def test_faults_are_machinery_failures_not_bugs():

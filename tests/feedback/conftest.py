@@ -89,8 +89,11 @@ class LiveServer:
                 if httpx.get(self.url + "/login", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not come up")
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"waited {timeout:g} s for {self.url}/login to answer 200; the server's output ends "
+                           f"with:\n{self.proc.stdout.read().decode()[-2000:]}")
 
     def kill(self, sig=signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -3,7 +3,6 @@ rate, and the rows are in the database. Without a token: 401 for the API, login 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
@@ -15,8 +14,6 @@ from pipeline.feedback.storage import Assignment, Comment, Item, Rating, add_rat
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage")
@@ -24,18 +21,22 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture
 def browser():
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)")
+    # Found on PATH, as `make system-deps` checks for them; `make test` installs them, so a
+    # machine without them fails here rather than skipping the test.
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.fail("chromium and chromedriver are not on PATH: run `make system-deps` "
+                    "(or: sudo apt-get install -y chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     profile = tempfile.mkdtemp(prefix="rayppo-chromium-")
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(60)
     # A click that submits a form returns before the next page is there: lookups wait for it.
     driver.implicitly_wait(15)

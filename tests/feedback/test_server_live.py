@@ -119,7 +119,14 @@ def test_sigkill_mid_request_loses_nothing_already_stored(db, live_server):
     raters = [ScriptedRater(server.url, token, task, time.monotonic() + 60, i) for i, token in enumerate(tokens)]
     for rater in raters:
         rater.start()
+    # The raters stop at their own 60 s deadline, so waiting longer than that cannot help.
+    deadline = time.monotonic() + 60
     while sum(len(r.confirmed) for r in raters) < 100:
+        if time.monotonic() > deadline or not any(r.is_alive() for r in raters):
+            pytest.fail(f"waited 60 s for 100 confirmed ratings before the kill; got "
+                        f"{sum(len(r.confirmed) for r in raters)}, rater failures: "
+                        f"{[repr(r.failure) for r in raters if r.failure]}, problems: "
+                        f"{[p for r in raters for p in r.problems][:5]}")
         time.sleep(0.05)
     server.kill()  # SIGKILL, requests in flight
     for rater in raters:

@@ -25,6 +25,7 @@ COMMON = (
 )
 
 
+@pytest.mark.timeout(1200)  # three runs
 def test_one_step_ahead_trains_stale_batches_and_resumes_exactly(tiny_model, ray_session, tmp_path, tiny_config):
     straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run(tiny_config(tiny_model, straight_dir, "total_steps=4", *COMMON))

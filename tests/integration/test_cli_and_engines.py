@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.timeout(900)  # the run itself may take its subprocess timeout, 600 s
 def test_cli_train_smoke(tiny_model, tmp_path, tiny_config):
     from pipeline.config import save_config
 
@@ -37,13 +38,27 @@ def test_cli_train_smoke(tiny_model, tmp_path, tiny_config):
     assert os.path.isfile(tmp_path / "policy" / "model.safetensors")
 
 
+# The CLI in a fresh process whose ray.init exits 3: nothing can start Ray unnoticed, since every
+# way in (init_ray, a direct ray.init, Ray's auto-init on first use) goes through ray.init.
+CLI_WITHOUT_RAY = (
+    "import os, sys, ray\n"
+    "def refuse(*args, **kwargs):\n"
+    "    print('ray.init was called', file=sys.stderr)\n"
+    "    os._exit(3)\n"
+    "ray.init = refuse\n"
+    "from pipeline.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
 def test_cli_rejects_bad_config_before_starting_ray(tiny_model, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "train", "configs/debug.yaml", "learner.lrr=1e-5"],
+        [sys.executable, "-c", CLI_WITHOUT_RAY, "train", "configs/debug.yaml", "learner.lrr=1e-5"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr[-3000:]
     assert "learner.lr" in proc.stderr and "did you mean" in proc.stderr
+    assert "ray.init was called" not in proc.stderr
 
 
 def test_hf_engine_runs_the_pipeline(tiny_model, ray_session, tmp_path, tiny_config):

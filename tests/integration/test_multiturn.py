@@ -26,6 +26,7 @@ SCRIPTED = (
 )
 
 
+@pytest.mark.timeout(1200)  # two runs with a critic
 def test_multiturn_ppo_with_a_critic_and_its_resume_is_exact(tiny_model, ray_session, tmp_path, tiny_config):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     ppo = ("algorithm.advantage=gae", "learner.lr=1e-3", *SCRIPTED)

@@ -100,6 +100,7 @@ def test_skipped_weight_sync_is_detected(tiny_model, ray_session, tmp_path, tiny
         trainer.shutdown()
 
 
+@pytest.mark.timeout(1200)  # three runs
 def test_resume_continues_exactly(tiny_model, ray_session, tmp_path, tiny_config):
     straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
     common = ("algorithm.advantage=grpo", "learner.lr=1e-3", "reward.function=tests.integration.reward_fns:digit_fraction")

@@ -72,6 +72,7 @@ class InterruptAfterFirstCompletion(tune.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+@pytest.mark.timeout(1800)  # a sweep of whole runs, interrupted and resumed
 def test_asha_sweep_stops_weak_trials_and_resumes_after_interrupt(tiny_model, ray_session, tmp_path, tiny_config):
     # A metric whose order is known before the sweep runs: a random tiny model almost never
     # ends a response early, so the mean response length follows rollout.max_tokens. Trials
@@ -147,6 +148,7 @@ def test_asha_sweep_stops_weak_trials_and_resumes_after_interrupt(tiny_model, ra
     assert live_pipeline_actors() == []
 
 
+@pytest.mark.timeout(1800)  # a sweep of whole runs
 def test_pbt_exploit_continues_from_the_copied_checkpoint(tiny_model, ray_session, tmp_path, tiny_config):
     # Synchronous PBT: both trials wait at step 2, the weaker copies the stronger one. With two
     # trials and quantile 0.5 there is exactly one donor and one exploited trial.

@@ -94,23 +94,16 @@ def test_saved_model_loads_in_transformers_and_scores_alike(reward_model, tmp_pa
     assert rt.score_sequences(loaded, sequences, tokenizer.pad_token_id, "cpu").tolist() == pytest.approx(expected.tolist(), abs=1e-5)
 
 
-def test_evaluate_and_stats_on_one_rank(reward_model):
-    import torch.distributed as dist
-
+def test_evaluate_and_stats_on_one_rank(reward_model, process_group):
     model, tokenizer = reward_model
     torch.manual_seed(0)
     torch.nn.init.normal_(model.score.weight)
     pad = tokenizer.pad_token_id
     pairs = [([5, 6, 7], [5, 9], 0.0, "a"), ([8, 8], [7, 6, 5], 0.5, "b"), ([11], [12, 13], 0.0, "a"), ([14], [15], 0.0, "")]
     rc, rr, margin = rt.score_pairs(model, pairs, pad, "cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29513", rank=0, world_size=1)
-    try:
-        # Batches of 2: the last round has one pair, as ranks with uneven shares would.
-        metrics = rt.evaluate(model, pairs, pad, "cpu", rank=0, world=1, batch=2, center_coef=0.0)
-        stats = rt.reward_stats(model, pairs, pad, "cpu", rank=0, world=1, batch=4)
-    finally:
-        dist.destroy_process_group()
+    # Batches of 2: the last round has one pair, as ranks with uneven shares would.
+    metrics = rt.evaluate(model, pairs, pad, "cpu", rank=0, world=1, batch=2, center_coef=0.0)
+    stats = rt.reward_stats(model, pairs, pad, "cpu", rank=0, world=1, batch=4)
     correct = rt.pairwise_accuracy(rc, rr)
     assert metrics["rm/eval_accuracy"] == pytest.approx(float(correct.mean()))
     # Per category: "a" is pairs 0 and 2, "b" pair 1; the uncategorised pair counts only overall.

@@ -63,6 +63,7 @@ def _reply(term: Terminal, typed: str) -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)  # its waits below add up to more than the default 600 s
 def test_chat_in_a_terminal_answers_and_keeps_the_history(tiny_model, tmp_path):
     saved, cleared = tmp_path / "chat.json", tmp_path / "cleared.json"
     term = Terminal([sys.executable, "-m", "pipeline.cli", "chat", tiny_model, "--max-tokens", "8",

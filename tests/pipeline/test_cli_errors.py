@@ -6,6 +6,8 @@ from pipeline import cli
 from pipeline.config import load_config
 from pipeline.placement import requested_resources
 
+pytestmark = pytest.mark.usefixtures("refuse_ray_start")
+
 
 @pytest.fixture
 def config_file(tmp_path):
@@ -51,16 +53,13 @@ def test_invalid_yaml_exits_2(tmp_path, capsys):
     assert "invalid YAML" in capsys.readouterr().err
 
 
-def test_train_with_missing_model_path_exits_2(config_file, tmp_path, capsys):
-    import ray
-
-    ray_was_running = ray.is_initialized()  # integration tests may share one Ray session
+def test_train_with_missing_model_path_exits_2(config_file, tmp_path, capsys, refuse_ray_start):
     assert cli.main(["train", str(config_file)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rayppo train: error: model.path: ")
     assert str(tmp_path / "no-such-model") in err
     assert "does not exist" in err
-    assert ray.is_initialized() == ray_was_running  # failed in Trainer.__init__, before init_ray
+    assert refuse_ray_start == []  # failed in Trainer.__init__, before init_ray
 
 
 def test_eval_with_model_dir_lacking_config_json_exits_2(config_file, tmp_path, capsys):

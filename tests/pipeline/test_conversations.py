@@ -165,19 +165,16 @@ def test_load_conversations_reports_file_and_row(tmp_path):
     assert conv.messages == check_conversation(TWO_TURNS, "x") and conv.source == f"{path}:row 1"
 
 
-def test_sft_stage_rejects_bad_rows_before_ray_starts(tiny_model, tmp_path, monkeypatch):
-    from pipeline import ray_setup
+def test_sft_stage_rejects_bad_rows_before_ray_starts(tiny_model, tmp_path, refuse_ray_start):
     from pipeline.config import load_config
     from pipeline.sft import run_sft
 
-    started = []
-    monkeypatch.setattr(ray_setup, "init_ray", lambda cfg: started.append(cfg))
     path = tmp_path / "chats.jsonl"
     path.write_text(json.dumps({"messages": TWO_TURNS}) + "\n" + json.dumps({"messages": [{"role": "user", "content": 1}]}) + "\n")
     cfg = load_config(None, [f"sft.base_path={tiny_model}", f"sft.train_files=[{path}]", f"sft.output_dir={tmp_path / 'sft'}"])
     with pytest.raises(ValueError, match=rf"{path}: row 2: field 'messages\[0\]': content must be a string"):
         run_sft(cfg)
-    assert not started and not (tmp_path / "sft").exists()
+    assert refuse_ray_start == [] and not (tmp_path / "sft").exists()
 
 
 def test_sft_examples_from_prompt_rows_keep_the_single_turn_path(tiny_model):

@@ -133,13 +133,10 @@ def test_reward_input_is_the_rendered_conversation(tiny_model):
     assert tokenizer.decode(ids).endswith("5<|im_end|>\n")
 
 
-def test_rm_stage_rejects_bad_input_before_ray_starts(tiny_model, tmp_path, monkeypatch):
-    from pipeline import ray_setup
+def test_rm_stage_rejects_bad_input_before_ray_starts(tiny_model, tmp_path, refuse_ray_start):
     from pipeline.config import load_config
     from pipeline.rm import run_rm
 
-    started = []
-    monkeypatch.setattr(ray_setup, "init_ray", lambda cfg: started.append(cfg))
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps(_rows()[0]) + "\n" + json.dumps({"prompt": "p", "chosen": "c", "rejected": 4}) + "\n")
 
@@ -153,7 +150,7 @@ def test_rm_stage_rejects_bad_input_before_ray_starts(tiny_model, tmp_path, monk
         run_rm(cfg("rm.base_path=null", f"sft.output_dir={tmp_path / 'no_sft'}"))
     with pytest.raises(ValueError, match=r"rm\.train_files: empty, and data\.task is not 'support'"):
         run_rm(cfg("rm.train_files=[]"))
-    assert not started and not (tmp_path / "rm").exists()
+    assert refuse_ray_start == [] and not (tmp_path / "rm").exists()
 
 
 def test_rm_stage_encodes_pairs_as_the_reward_source_reads_them(tiny_model, tmp_path):

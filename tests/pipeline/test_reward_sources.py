@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -36,8 +35,12 @@ def source_module(tmp_path, monkeypatch):
                 return math.nan
             return 1.0
 
+        import threading
+        RELEASE = threading.Event()  # set by the test when it is done: until then "stuck" never returns
+
         def slow(prompt, completion, answer):
-            time.sleep(2.0)
+            if completion != "quick":
+                RELEASE.wait(120)
             return 1.0
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -108,20 +111,24 @@ def test_rule_functions_get_the_conversation_when_they_ask(source_module):
 
 
 def test_rule_timeout_gives_up_and_later_batches_still_run(source_module):
+    import importlib
+
+    release = importlib.import_module(source_module).RELEASE
     rs = rewards_for(
         {"kind": "rule", "name": "slow", "function": f"{source_module}:slow", "timeout_s": 0.3},
         {"kind": "rule", "name": "len", "function": f"{source_module}:length"},
     )
-    start = time.perf_counter()
-    scores, metrics = rs.score(request(["a", "b"]))
-    assert time.perf_counter() - start < 1.5  # the deadline, not the 4 s the function would take
-    assert np.isnan(scores).all() and metrics["reward/slow/timeout"] == 2
-    assert metrics["reward/len/mean"] == 1.0
-    # The next batch does not queue behind the stuck one: it gets its own full timeout.
-    start = time.perf_counter()
-    _, metrics = rs.score(request(["c"]))
-    assert time.perf_counter() - start < 1.5 and metrics["reward/slow/timeout"] == 1
-    rs.shutdown()
+    try:
+        # The function never returns on its own: only the deadline can end this call.
+        scores, metrics = rs.score(request(["stuck", "stuck"]))
+        assert np.isnan(scores).all() and metrics["reward/slow/timeout"] == 2
+        assert metrics["reward/len/mean"] == 5.0
+        # The next batch does not queue behind the stuck one (still blocked): it runs and scores.
+        scores, metrics = rs.score(request(["quick"]))
+        assert scores.tolist() == [1.0 + 5.0] and metrics.get("reward/slow/timeout", 0) == 0
+    finally:
+        release.set()
+        rs.shutdown()
 
 
 def test_a_source_that_breaks_scores_nothing_instead_of_crashing():

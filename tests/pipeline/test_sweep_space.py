@@ -150,7 +150,7 @@ def test_best_row_and_table():
     assert "t2 (error)" in table[4]
 
 
-def test_cli_sweep_flags_and_early_errors(tmp_path, capsys):
+def test_cli_sweep_flags_and_early_errors(tmp_path, capsys, refuse_ray_start):
     assert parse(["sweep", "c.yaml", "--resume", "learner.lr=1e-4"]).overrides == ["learner.lr=1e-4"]
     with pytest.raises(SystemExit) as exit_info:
         parse(["train", "c.yaml", "--resume"])
@@ -158,7 +158,8 @@ def test_cli_sweep_flags_and_early_errors(tmp_path, capsys):
     assert "unrecognized arguments: --resume" in capsys.readouterr().err
 
     path = save_config(load_config(None, [f"storage_path={tmp_path}", "tune.name=nothing"]), tmp_path / "c.yaml")
-    assert main(["sweep", path, "--resume"]) == 2  # fails before Ray starts
+    assert main(["sweep", path, "--resume"]) == 2
+    assert refuse_ray_start == []  # failed before Ray started
     assert f"--resume: no sweep to resume at {tmp_path / 'nothing'}" in capsys.readouterr().err
     with pytest.raises(ValueError, match="storage_path: rayppo sweep needs a filesystem path"):
         sweep_dir(load_config(None, ["storage_path=s3://bucket/sweeps"]))

@@ -27,22 +27,42 @@ class CountingEnv:
         return f"Say {self.k}.", self.turn_reward, False, {}
 
 
-class TimedEnv(CountingEnv):
-    """Async: a row's ``metadata["delay"]`` seconds pass in every step (a slow user or tool).
-    Records when each conversation ends, per row source."""
+class GatedEnv(CountingEnv):
+    """Async; ``log`` records every step's start and end as ``(event, row source, step)``.
 
-    finished: dict[str, float] = {}
+    The row whose ``metadata["hold"]`` is set is the slow conversation, slow by order rather
+    than by seconds: each of its steps returns only once the log shows the ``others``
+    conversations far enough along: ``"ended"``, all of them have ended; ``"step"``, all of
+    them have ended this same step. ``patience_s`` only breaks a deadlock (the step then
+    raises, saying what it waited for)."""
 
-    def reset(self, row, seed):
-        self.source, self.delay = row.source, float(row.metadata.get("delay", 0.0))
+    log: list[tuple[str, str, int]] = []
+    others = 0
+    patience_s = 30.0
+
+    async def reset(self, row, seed):
+        # Async like the steps, so every conversation opens on the loop in the same turn of it
+        # and queues its first turn in the first engine step (no thread pool in between).
+        self.source, self.hold = row.source, row.metadata.get("hold")
         return super().reset(row, seed)
 
     async def step(self, messages, reply):
-        await asyncio.sleep(self.delay)
+        step = self.k + 1
+        GatedEnv.log.append(("start", self.source, step))
+        deadline = time.monotonic() + self.patience_s
+        while self.hold and not self._released(step):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.source}: step {step} waited {self.patience_s:g} s for the other "
+                                   f"conversations (hold={self.hold!r}); log: {GatedEnv.log}")
+            await asyncio.sleep(0.005)
         result = super().step(messages, reply)
-        if result[2]:
-            TimedEnv.finished[self.source] = time.perf_counter()
+        GatedEnv.log.append(("end", self.source, step))
         return result
+
+    def _released(self, step: int) -> bool:
+        wanted = self.turns if self.hold == "ended" else step
+        ended = {source for event, source, k in GatedEnv.log if event == "end" and k == wanted and source != self.source}
+        return len(ended) == GatedEnv.others
 
 
 class FlakyEnv(CountingEnv):

@@ -5,7 +5,6 @@ other. The vLLM engine runs the same loop in tests/integration/test_multiturn.py
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 
@@ -89,20 +88,32 @@ def test_seeds_depend_on_the_conversation_not_on_the_split_or_the_schedule(engin
 
 def test_each_conversation_advances_on_its_own(engine, tokens):
     """A conversation whose environment is slow does not hold the others back; in lockstep
-    every conversation waits for it at every turn."""
-    loop = make_loop(engine, tokens, "TimedEnv", "env.max_tokens_per_turn=2")
-    batch_rows = rows(3) + [PromptRow([{"role": "user", "content": "Slow."}], None, "slow", metadata={"delay": 0.6})]
-    times = {}
-    for lockstep in (False, True):
-        dialogue_envs.TimedEnv.finished.clear()
-        start = time.perf_counter()
-        loop.run(batch_rows, Sampling(n=1), step=0, base_seed=0, lockstep=lockstep)
-        times[lockstep] = {k: v - start for k, v in dialogue_envs.TimedEnv.finished.items()}
+    every conversation waits for it at every turn. Proven by the order of the environment's
+    steps (dialogue_envs.GatedEnv), not by timing."""
+    loop = make_loop(engine, tokens, "GatedEnv", "env.max_tokens_per_turn=2")
     fast = [f"row {i}" for i in range(3)]
-    # The slow conversation needs 3 x 0.6 s of environment time either way.
-    assert times[False]["slow"] >= 1.8 and times[True]["slow"] >= 1.8
-    assert max(times[False][k] for k in fast) < 0.6  # done before the slow one's first step returns
-    assert min(times[True][k] for k in fast) > 1.2  # waited at every turn
+
+    def run(hold: str, lockstep: bool) -> dict[tuple[str, str, int], int]:
+        dialogue_envs.GatedEnv.log.clear()
+        dialogue_envs.GatedEnv.others = len(fast)
+        slow = PromptRow([{"role": "user", "content": "Slow."}], None, "slow", metadata={"hold": hold})
+        batch = loop.run(rows(3) + [slow], Sampling(n=1), step=0, base_seed=0, lockstep=lockstep)
+        assert [info["error"] for info in batch.env_infos] == [None] * 4
+        assert [info["turns"] for info in batch.env_infos] == [3] * 4
+        return {event: i for i, event in enumerate(dialogue_envs.GatedEnv.log)}
+
+    # On its own: the slow conversation's first step is under way while the others play all
+    # three turns to their end, which is what lets that step return (else it would raise).
+    at = run("ended", lockstep=False)
+    assert at[("start", "slow", 1)] < min(at[("end", row, 3)] for row in fast)
+    assert max(at[("end", row, 3)] for row in fast) < at[("end", "slow", 1)]
+
+    # Lockstep: the slow conversation ends each step last, and no conversation starts its next
+    # step before that.
+    at = run("step", lockstep=True)
+    for step in (1, 2):
+        assert max(at[("end", row, step)] for row in fast) < at[("end", "slow", step)]
+        assert at[("end", "slow", step)] < min(at[("start", row, step + 1)] for row in fast)
 
 
 def test_a_failing_step_makes_only_that_conversation_unscorable(engine, tokens):
