@@ -102,13 +102,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # FSDP2 averages gradients over ranks: scaling by world makes this the token mean over
         # the whole batch, however its assistant tokens fall among the ranks.
         (nll / total.clamp_min(1) * world).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         summed = torch.stack([nll.detach(), count]).cpu()
         dist.all_reduce(summed)
-        metrics = {"sft/loss": float(summed[0] / summed[1]), "sft/lr": scheduler.get_last_lr()[0]}
+        metrics = {
+            "sft/loss": float(summed[0] / summed[1]),
+            "sft/grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+            "sft/lr": scheduler.get_last_lr()[0],
+        }
         if eval_examples and (step == sc.steps or (sc.eval_every and step % sc.eval_every == 0)):
             metrics.update(evaluate(model, eval_examples, pad_id, device, rank, world, per_rank))
         log.log(step, metrics)

@@ -159,15 +159,39 @@ def gold_components(facts: dict[str, str], answer: str, reply: str) -> dict[str,
     correct = answer in words
     wrong = any(w != answer and any(w in VALUES[f] for f in FIELDS) for w in words)
     fact = (1.0 if not wrong else 0.5) if correct else 0.0
+    parts = {"fact": fact, **surface_components(reply)}
+    parts["score"] = sum(WEIGHTS[k] * v for k, v in parts.items())
+    return parts
+
+
+def surface_components(reply: str) -> dict[str, float]:
+    """The parts of the gold rule that need no fact: ``polite`` and ``concise``, each in [0, 1]."""
+    words = _WORD.findall(reply.lower())
     text = reply.strip()
     greeted = text.startswith(GREETINGS)
     thanked = any(c in text for c in CLOSINGS)
     rude = any(w in RUDE_WORDS for w in words)
     polite = 0.0 if rude else 0.5 * greeted + 0.5 * thanked
     concise = min(1.0, max(0.0, 2.0 - len(words) / CONCISE_WORDS))
-    parts = {"fact": fact, "polite": polite, "concise": concise}
-    parts["score"] = sum(WEIGHTS[k] * v for k, v in parts.items())
-    return parts
+    return {"polite": polite, "concise": concise}
+
+
+def fact_blind_accuracy(pairs) -> dict[str, float]:
+    """Pairwise accuracy of a scorer that sees only a reply's politeness and concision, blind
+    to its fact (ties count half): ``{"all": ..., "<group>": ...}`` over preference pairs whose
+    ``chosen`` / ``rejected`` are ``[assistant message]``. A reward model that checks facts
+    beats it; one that learned only the surface of a good reply matches it."""
+    by_group: dict[str, list[float]] = {}
+    for pair in pairs:
+        chosen, rejected = (
+            sum(WEIGHTS[k] * v for k, v in surface_components(side[-1]["content"]).items())
+            for side in (pair.chosen, pair.rejected)
+        )
+        hit = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+        by_group.setdefault("all", []).append(hit)
+        if pair.group:
+            by_group.setdefault(pair.group, []).append(hit)
+    return {group: sum(hits) / len(hits) for group, hits in by_group.items()}
 
 
 def gold_score(prompt: str, completion: str, answer: str | None) -> float:
