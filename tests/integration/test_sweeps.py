@@ -192,7 +192,10 @@ def test_pbt_exploit_continues_from_the_copied_checkpoint(tiny_model, ray_sessio
         assert restored["restore/policy_sha"] == restored["restore/checkpoint_sha"]
         # ... which are the donor's weights at that step, as the donor reported when saving ...
         donor_rows = frames[donor][frames[donor]["step"] == step]
-        assert list(donor_rows["checkpoint/policy_sha"]) == [restored["restore/policy_sha"]]
+        assert list(donor_rows["checkpoint/policy_sha"]) == [restored["restore/policy_sha"]], (
+            donor, step, frames[donor][["step", "checkpoint/policy_sha"]].to_dict("records"), exploits,
+            starts(outcome.path, donor),
+        )
         # ... and not the exploited trial's own weights at that step (another learning rate).
         own = frames[trial_id][frames[trial_id]["step"] == step]
         assert restored["restore/policy_sha"] not in set(own["checkpoint/policy_sha"])
