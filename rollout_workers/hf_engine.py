@@ -66,8 +66,10 @@ class HFEngine:
     def _temperature(sampling: Sampling) -> float:
         return sampling.temperature if sampling.temperature != 0 else 1.0
 
-    def _sample(self, ids: list[int], sampling: Sampling, seed: int) -> list[tuple[list[int], str]]:
-        """``sampling.n`` completions of one prompt, seeded."""
+    def _sample(self, ids: list[int], sampling: Sampling, seed: int,
+                prefix_allowed_tokens_fn=None) -> list[tuple[list[int], str]]:
+        """``sampling.n`` completions of one prompt, seeded; ``prefix_allowed_tokens_fn``
+        (transformers' hook) restricts each next token, as a constrained judge needs."""
         torch.manual_seed(seed)
         input_ids = torch.tensor([ids], device=self.device)
         kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
@@ -81,6 +83,7 @@ class HFEngine:
             pad_token_id=self.pad_id,
             eos_token_id=None if sampling.ignore_eos else self.eos_ids,
             min_new_tokens=sampling.max_tokens if sampling.ignore_eos else 0,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
             **kwargs,
         )
         return [self._trim(row, sampling) for row in out[:, len(ids) :].tolist()]

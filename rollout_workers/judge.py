@@ -255,30 +255,14 @@ class LLMJudge:
         outputs = self.engine.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         return [list(out.outputs[0].token_ids) for out in outputs]
 
-    @torch.no_grad()
     def _sample_hf_verdicts(self, prompt_ids: list[list[int]], offset: int) -> list[list[int]]:
         """As :meth:`HFEngine.generate` samples (one prompt at a time, same seeds), with
         ``prefix_allowed_tokens_fn`` keeping each reply to a verdict's tokens."""
-        engine, s = self.engine, self.sampling
-        sampling = dict(do_sample=False) if s.temperature == 0 else dict(
-            do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0
-        )
         replies = []
         for i, ids in enumerate(prompt_ids):
-            torch.manual_seed(sample_seed(self.seed, 0, offset + i))
-            input_ids = torch.tensor([ids], device=engine.device)
-            out = engine.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=s.max_tokens,
-                pad_token_id=engine.pad_id,
-                eos_token_id=engine.eos_ids,
-                prefix_allowed_tokens_fn=self._allowed_after(len(ids)),
-                **sampling,
-            )
-            tokens = out[0, len(ids):].tolist()
-            ends = [j for j, tok in enumerate(tokens) if tok in engine.eos_ids]
-            replies.append(tokens[: ends[0] + 1] if ends else tokens)
+            seed = sample_seed(self.seed, 0, offset + i)
+            ((tokens, _),) = self.engine._sample(ids, self.sampling, seed, self._allowed_after(len(ids)))
+            replies.append(tokens)
         return replies
 
     def _allowed_after(self, prompt_length: int):
