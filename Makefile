@@ -89,7 +89,7 @@ MULTITURN_CONFIG ?= configs/multiturn.yaml
 multiturn: setup
 	@start=$$(date +%s); \
 	$(BIN)/rayppo all $(MULTITURN_CONFIG) && \
-	$(BIN)/python -m pipeline.multiturn_report $(MULTITURN_CONFIG) --seconds $$(( $$(date +%s) - start )) --min-gain 0.2
+	$(BIN)/python -m pipeline.stages.multiturn_report $(MULTITURN_CONFIG) --seconds $$(( $$(date +%s) - start )) --min-gain 0.2
 
 bench-multiturn: setup
 	$(BIN)/python -m benchmarks.multiturn $(BENCH_ARGS)

@@ -70,11 +70,11 @@ def prompt_tokens_mean(model_path: str, rows) -> float:
 
 
 def run_preset(args, preset: str, on_gpu: bool, peak: dict, variants, log) -> dict:
-    from pipeline import data
+    from pipeline import tasks
 
     w = workload(args.size, preset, on_gpu, args.threads)
     path = model_dir(args.models, preset)
-    rows, _ = data.load_prompt_splits(data_config(w.seed))
+    rows, _ = tasks.prompt_splits(data_config(w.seed))
     n_params = param_count(path)
     prompt_tokens = prompt_tokens_mean(path, rows)
     flops = step_flops(w, n_params, prompt_tokens)

@@ -6,7 +6,7 @@
 One vLLM engine, built here the way an engine actor builds it, runs the same conversations
 with the same seeds in two schedules that take turns (A B A B ..., warm-up discarded):
 
-* ``async``: :class:`rollout_workers.multiturn.ConversationLoop` as training runs it; when a
+* ``async``: :class:`rollout_workers.conversation_loop.ConversationLoop` as training runs it; when a
   conversation's turn ends, its environment step runs while the engine goes on with the
   others, and its next turn joins the running batch as soon as the step returns;
 * ``lockstep``: the baseline; every turn waits for the whole batch's generations, then for all
@@ -64,7 +64,7 @@ class VariedTurnsEnv:
 
 def build_model(root: str, preset: str) -> str:
     from pipeline.config import RayppoConfig
-    from pipeline.model_init import ensure_model
+    from pipeline.stages.init_model import ensure_model
 
     cfg = RayppoConfig()
     cfg.init.output_dir = os.path.join(root, preset)
@@ -81,7 +81,7 @@ def run(args) -> dict:
     from pipeline.config import load_config
     from pipeline.data import PromptRow
     from pipeline.envs.base import load_env
-    from rollout_workers.multiturn import ConversationLoop, Limits
+    from rollout_workers.conversation_loop import ConversationLoop, Limits
     from rollout_workers.turn_tokens import TurnTokens
     from rollout_workers.types import Sampling
     from rollout_workers.vllm_engine import VLLMEngine

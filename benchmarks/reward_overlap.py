@@ -3,7 +3,7 @@ pass, saves over scoring them one after another before it.
 
     python -m benchmarks.reward_overlap --preset tiny --rounds 6
 
-One :class:`pipeline.driver.Trainer` with a reward model (its own actor), an LLM judge (a vLLM
+One :class:`pipeline.stages.train.Trainer` with a reward model (its own actor), an LLM judge (a vLLM
 actor), ROUGE-L and a rule. Each round runs one RL step in each of three schedules, taking
 turns on the same actors and engines (A B C A B C ...):
 
@@ -65,7 +65,7 @@ def build_models(root: str, preset: str) -> tuple[str, str]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from pipeline.config import RayppoConfig
-    from pipeline.model_init import init_model
+    from pipeline.stages.init_model import init_model
 
     cfg = RayppoConfig()
     cfg.init.output_dir, cfg.init.preset = os.path.join(root, "policy"), preset
@@ -109,7 +109,7 @@ def bench_config(root: str, policy: str, rm: str, args):
 
 
 def run(args) -> dict:
-    from pipeline.driver import Trainer
+    from pipeline.stages.train import Trainer
 
     root = tempfile.mkdtemp(prefix="rayppo-reward-overlap-")
     policy, rm = build_models(root, args.preset)

@@ -61,12 +61,12 @@ def rayppo_config(w: Workload, model_path: str, run_dir: str, *overrides: str) -
 
 
 class RayppoRunner:
-    """A set-up :class:`pipeline.driver.Trainer`; ``step()`` times one RL step."""
+    """A set-up :class:`pipeline.stages.train.Trainer`; ``step()`` times one RL step."""
 
     name = "rayppo"
 
     def __init__(self, cfg: RayppoConfig):
-        from pipeline.driver import Trainer
+        from pipeline.stages.train import Trainer
 
         self.cfg = cfg
         start = time.perf_counter()

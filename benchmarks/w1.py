@@ -64,7 +64,7 @@ def data_config(seed: int = 0) -> DataConfig:
 
 def model_dir(root: str, preset: str) -> str:
     """Build (once) the preset's random-weight model and its tokenizer under ``root``."""
-    from pipeline.model_init import ensure_model
+    from pipeline.stages.init_model import ensure_model
 
     init = InitModelConfig(
         output_dir=os.path.join(root, preset), preset=preset, vocab_size=1024, corpus_size=5000

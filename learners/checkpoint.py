@@ -21,15 +21,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import TYPE_CHECKING, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
-
-if TYPE_CHECKING:
-    from learners.worker import LearnerWorker
 
 STEP_PREFIX = "step_"
 
@@ -60,24 +57,23 @@ def export_hf(
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(out)
 
 
-def _trained_models(worker: "LearnerWorker") -> list[tuple]:
-    """(name, model, optimizer, scheduler, optimizer dir) for every model the worker trains."""
-    models = [("policy", worker.policy, worker.optimizer, worker.scheduler, "optimizer")]
-    if worker.use_critic:
-        models.append(
-            ("critic", worker.critic, worker.critic_optimizer, worker.critic_scheduler, "critic_optimizer")
-        )
-    return models
-
-
-def save_worker(worker: "LearnerWorker", directory: str, tokenizer_path: str) -> None:
-    """Collective: every rank writes its optimizer shards; rank 0 writes the HF weights."""
+def save_learner(
+    directory: str,
+    models: list[tuple],
+    full_state_dict: Callable[[str], dict],
+    rank: int,
+    counters: dict[str, int],
+    tokenizer_path: str,
+) -> None:
+    """Collective: every rank writes its optimizer shards; rank 0 writes the HF weights and the
+    ``counters``. ``models``: ``(name, model, optimizer, scheduler, optimizer dir)`` for every
+    model the learner trains; ``full_state_dict(name)``: that model's full state dict (itself
+    collective)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    models = _trained_models(worker)
     for name, model, optimizer, _, optim_dir in models:
-        full = worker.full_state_dict(name)
-        if worker.rank == 0:
+        full = full_state_dict(name)
+        if rank == 0:
             export_hf(
                 full,
                 model.config,
@@ -86,13 +82,9 @@ def save_worker(worker: "LearnerWorker", directory: str, tokenizer_path: str) ->
                 generation_config=getattr(model, "generation_config", None),
             )
         dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=os.path.join(directory, optim_dir))
-    save_file({"cpu": torch.get_rng_state()}, os.path.join(directory, f"rng_rank{worker.rank}.safetensors"))
-    if worker.rank == 0:
-        learner_state = {
-            "scheduler": {name: sched.state_dict() for name, _, _, sched, _ in models},
-            "optimizer_steps": worker.optimizer_steps,
-            "skipped_steps": worker.skipped_steps,
-        }
+    save_file({"cpu": torch.get_rng_state()}, os.path.join(directory, f"rng_rank{rank}.safetensors"))
+    if rank == 0:
+        learner_state = {"scheduler": {name: sched.state_dict() for name, _, _, sched, _ in models}, **counters}
         with open(os.path.join(directory, "learner.json"), "w") as f:
             json.dump(learner_state, f, default=_json_default)
     dist.barrier()
@@ -104,8 +96,9 @@ def _json_default(value):
     raise TypeError(f"cannot serialise {type(value).__name__} in learner state")
 
 
-def load_worker(worker: "LearnerWorker", directory: str) -> None:
-    """Collective: restore weights, optimizer shards, schedulers and counters."""
+def load_learner(directory: str, models: list[tuple], rank: int, counters: tuple[str, ...]) -> dict[str, int]:
+    """Collective: restore the weights, optimizer shards and schedulers of ``models`` (as
+    :func:`save_learner` takes them); returns the saved ``counters``."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_optimizer_state_dict,
@@ -115,7 +108,6 @@ def load_worker(worker: "LearnerWorker", directory: str) -> None:
 
     with open(os.path.join(directory, "learner.json")) as f:
         learner_state = json.load(f)
-    models = _trained_models(worker)
     for name, model, optimizer, scheduler, optim_dir in models:
         full = load_file(os.path.join(directory, name, "model.safetensors"))
         if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in full:
@@ -126,12 +118,11 @@ def load_worker(worker: "LearnerWorker", directory: str) -> None:
         dcp.load(state, checkpoint_id=os.path.join(directory, optim_dir))
         set_optimizer_state_dict(model, optimizer, state["optim"])
         scheduler.load_state_dict(learner_state["scheduler"][name])
-    rng_file = os.path.join(directory, f"rng_rank{worker.rank}.safetensors")
+    rng_file = os.path.join(directory, f"rng_rank{rank}.safetensors")
     if os.path.exists(rng_file):
         torch.set_rng_state(load_file(rng_file)["cpu"])
-    worker.optimizer_steps = learner_state["optimizer_steps"]
-    worker.skipped_steps = learner_state["skipped_steps"]
     dist.barrier()
+    return {name: learner_state[name] for name in counters}
 
 
 # ------------------------------------------------------------------ driver side

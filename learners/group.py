@@ -5,9 +5,9 @@ and concatenates results back in order, so callers never see ranks.
 
 Every call waits at most ``resources.learner_timeout_s``. A rank that died (its process, its
 node), a call that timed out, or an error in one rank while another died (a collective that
-lost its peer) raises :class:`pipeline.faults.LearnerFailure`: the process group cannot be
+lost its peer) raises :class:`pipeline.infra.faults.LearnerFailure`: the process group cannot be
 mended, so the driver restarts the whole group from its last checkpoint
-(:mod:`pipeline.recovery`). An error that all ranks raise with every rank alive is a bug and
+(:mod:`pipeline.controller.recovery`). An error that all ranks raise with every rank alive is a bug and
 propagates as it is.
 """
 
@@ -18,8 +18,8 @@ import ray
 
 from learners.batching import Samples, split_evenly
 from learners.worker import LearnerWorker
-from pipeline import fault_injection, faults
 from pipeline.config import RayppoConfig
+from pipeline.infra import fault_injection, faults
 
 # How long the other ranks' calls are given to report a death once one rank has failed.
 _PEER_GRACE_S = 10.0
@@ -29,7 +29,7 @@ _START_S = 120.0
 
 class LearnerGroup:
     def __init__(self, cfg: RayppoConfig, placement=None):
-        """``placement``: a :class:`pipeline.placement.Placement` whose learner bundles the
+        """``placement``: a :class:`pipeline.controller.placement.Placement` whose learner bundles the
         ranks go to; ``None`` lets Ray place them anywhere (tests, single-process tools)."""
         self.cfg = cfg
         n = cfg.learner.num_ranks
@@ -110,7 +110,7 @@ class LearnerGroup:
 
     def policy_weights(self) -> ray.ObjectRef:
         """An object-store reference to the full policy weights (gathered on rank 0), packed
-        by :func:`pipeline.weight_transport.pack`; ``unpack`` gives the state dict.
+        by :func:`pipeline.infra.weight_transport.pack`; ``unpack`` gives the state dict.
 
         Every rank must join the gather; only rank 0's (non-empty) result is kept, and it
         stays in the object store so engines fetch it without a copy through the driver.

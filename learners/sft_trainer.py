@@ -1,6 +1,6 @@
 """The SFT trainer: one Ray Train worker (FSDP2 rank) of ``rayppo sft``.
 
-Every rank reads the same token ids (checked and tokenized by :mod:`pipeline.sft` before Ray
+Every rank reads the same token ids (checked and tokenized by :mod:`pipeline.stages.sft` before Ray
 starts) and trains on its slice of each batch; the loss is the token mean of the negative
 log-likelihood over every assistant token of the whole batch. At the end rank 0 writes the HF
 directory as ``sft.output_dir.tmp`` and renames it.
@@ -76,8 +76,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from learners.checkpoint import export_hf
     from learners.models import load_policy, resolve_dtype, shard
-    from learners.stage_log import StageLog
     from learners.stage import EpochOrder, lr_factor, rank_device
+    from learners.stage_log import StageLog
 
     cfg = loop_config["cfg"]
     examples, eval_examples = loop_config["examples"], loop_config["eval_examples"]

@@ -1,6 +1,6 @@
 """Metrics of a Ray Train stage (``rayppo sft``, ``rayppo rm``), written by its rank 0.
 
-The same sinks as the RL driver (:class:`pipeline.tracking.MetricsLogger`: ``metrics.jsonl``
+The same sinks as the RL driver (:class:`pipeline.infra.tracking.MetricsLogger`: ``metrics.jsonl``
 and W&B), and a progress bar that Ray draws on the driver's terminal
 (``ray.experimental.tqdm_ray``), since a worker's own stderr reaches it only line by line.
 Every other rank gets a logger that does nothing, so the loop calls it unconditionally.
@@ -29,7 +29,7 @@ class StageLog:
         if not self.active:
             return
         if log_dir:
-            from pipeline.tracking import MetricsLogger
+            from pipeline.infra.tracking import MetricsLogger
 
             lc = cfg.logging
             self.logger = MetricsLogger(

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from learners import losses
+from learners import checkpoint, losses
 from learners.batching import MicroBatch, Samples, at_positions, collate, pack_by_tokens, unpad
 from learners.models import load_critic, load_policy, resolve_dtype, shard
 from pipeline.config import RayppoConfig
-from pipeline import fault_injection, weight_transport
-from pipeline.cpu_allocator import keep_freed_memory
+from pipeline.infra import fault_injection, weight_transport
+from pipeline.infra.cpu_allocator import keep_freed_memory
 
 # HF token-classification heads return a view; nothing here modifies model outputs in place,
 # which is the only case FSDP2's warning is about.
@@ -341,15 +341,25 @@ class LearnerWorker:
             self.temperature = sampling_temperature
 
     # ------------------------------------------------------------- checkpoints
-    def save(self, directory: str, tokenizer_path: str) -> None:
-        from learners import checkpoint
+    _COUNTERS = ("optimizer_steps", "skipped_steps")
 
-        checkpoint.save_worker(self, directory, tokenizer_path)
+    def _trained_models(self) -> list[tuple]:
+        """(name, model, optimizer, scheduler, optimizer dir) for every model this worker trains."""
+        models = [("policy", self.policy, self.optimizer, self.scheduler, "optimizer")]
+        if self.use_critic:
+            models.append(("critic", self.critic, self.critic_optimizer, self.critic_scheduler, "critic_optimizer"))
+        return models
+
+    def save(self, directory: str, tokenizer_path: str) -> None:
+        """Collective: this rank's part of a checkpoint (layout: :mod:`learners.checkpoint`)."""
+        counters = {name: getattr(self, name) for name in self._COUNTERS}
+        checkpoint.save_learner(directory, self._trained_models(), self.full_state_dict, self.rank, counters, tokenizer_path)
 
     def load(self, directory: str) -> None:
-        from learners import checkpoint
-
-        checkpoint.load_worker(self, directory)
+        """Collective: restore weights, optimizer shards, schedulers and counters."""
+        counters = checkpoint.load_learner(directory, self._trained_models(), self.rank, self._COUNTERS)
+        for name, value in counters.items():
+            setattr(self, name, value)
 
     def set_skipped_steps(self, value: int) -> None:
         self.skipped_steps = value

@@ -30,25 +30,25 @@ class Command:
 
 
 def cmd_init_model(args) -> None:
-    from pipeline.model_init import init_model
+    from pipeline.stages.init_model import init_model
 
     print(f"init-model: wrote {init_model(args.cfg.init, args.cfg.data)}")
 
 
 def cmd_sft(args) -> None:
-    from pipeline.sft import run_sft
+    from pipeline.stages.sft import run_sft
 
     run_sft(args.cfg)
 
 
 def cmd_rm(args) -> None:
-    from pipeline.rm import run_rm
+    from pipeline.stages.rm import run_rm
 
     run_rm(args.cfg)
 
 
 def cmd_rlhf_report(args) -> None:
-    from pipeline.chat_report import run_report
+    from pipeline.stages.chat_report import run_report
 
     run_report(args.cfg, output=args.output, samples=args.samples, limit=args.limit)
 
@@ -60,7 +60,7 @@ def _rlhf_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> None:
-    from pipeline.driver import Trainer
+    from pipeline.stages.train import Trainer
 
     trainer = Trainer(args.cfg)
     try:
@@ -71,7 +71,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from pipeline.evaluate import run_eval
+    from pipeline.stages.evaluate import run_eval
 
     run_eval(args.cfg, against=args.against, output=args.output, by=args.by, limit=args.limit)
 
@@ -84,13 +84,13 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve_reward(args) -> None:
-    from pipeline.rewards.server import serve
+    from pipeline.stages.serve_reward import serve
 
     serve(args.cfg)
 
 
 def cmd_sweep(args) -> None:
-    from pipeline.tune.sweep import run_sweep
+    from pipeline.stages.sweep import run_sweep
 
     run_sweep(args.cfg, resume=args.resume)
 
@@ -103,7 +103,7 @@ def cmd_all(args) -> None:
     import os
     import time
 
-    from pipeline.tracking import format_table
+    from pipeline.infra.tracking import format_table
 
     cfg = args.cfg
     stages = []
@@ -123,13 +123,13 @@ def cmd_all(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from pipeline.chat import run
+    from pipeline.stages.chat import run
 
     run(args)
 
 
 def _chat_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.chat import add_arguments
+    from pipeline.stages.chat import add_arguments
 
     add_arguments(parser)
 

@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 
 import ray
 
-from pipeline import faults
 from pipeline.config import RayppoConfig
+from pipeline.infra import faults
 
 
 @dataclass

@@ -9,8 +9,8 @@ import numpy as np
 import ray
 import torch
 
-from pipeline import fault_injection, weight_transport
 from pipeline.config import RayppoConfig
+from pipeline.infra import fault_injection, weight_transport
 from rollout_workers.engine_pool import Call, EnginePool
 from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling
 
@@ -25,7 +25,7 @@ class RolloutWorker:
         self.trust_remote_code = engine_kwargs.get("trust_remote_code", False)
         self._conversations = None  # the multi-turn loop, built on first use
         if keep_freed_memory and not torch.cuda.is_available():
-            from pipeline.cpu_allocator import keep_freed_memory as apply
+            from pipeline.infra.cpu_allocator import keep_freed_memory as apply
 
             apply()
         if engine == "vllm":
@@ -48,11 +48,11 @@ class RolloutWorker:
     def generate_conversations(self, rows, sampling: Sampling, step: int, base_seed: int, offset: int,
                                probe: ProbeBatch | None, env_factory, limits) -> RolloutBatch:
         """``sampling.n`` multi-turn conversations per row with ``env_factory``'s environment
-        (:mod:`rollout_workers.multiturn`); the probe is scored beside them, as in ``generate``."""
+        (:mod:`rollout_workers.conversation_loop`); the probe is scored beside them, as in ``generate``."""
         if self._conversations is None:
             from transformers import AutoTokenizer
 
-            from rollout_workers.multiturn import ConversationLoop
+            from rollout_workers.conversation_loop import ConversationLoop
             from rollout_workers.turn_tokens import TurnTokens
 
             tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
@@ -63,7 +63,7 @@ class RolloutWorker:
         return self.engine.score(prompt_ids, response_ids)
 
     def load_weights(self, state_dict, version: int) -> float:
-        """``state_dict``: packed by :mod:`pipeline.weight_transport`, or a plain state dict."""
+        """``state_dict``: packed by :mod:`pipeline.infra.weight_transport`, or a plain state dict."""
         start = time.perf_counter()
         tensors = weight_transport.unpack(state_dict)
         fault_injection.point("rollout.load_weights", engine=self.index)
@@ -103,7 +103,7 @@ class RolloutGroup:
     and its share of a call runs again (:mod:`rollout_workers.engine_pool`)."""
 
     def __init__(self, cfg: RayppoConfig, model_path: str, placement=None):
-        """``placement``: a :class:`pipeline.placement.Placement` whose rollout bundles the
+        """``placement``: a :class:`pipeline.controller.placement.Placement` whose rollout bundles the
         engines go to; ``None`` lets Ray place them anywhere."""
         res, rc = cfg.resources, cfg.rollout
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if rc.tensor_parallel_size == 1 else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, sample_seed
+from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, TurnOutput, sample_seed
 
 
 class HFEngine:
@@ -98,9 +98,7 @@ class HFEngine:
         self._pending.append((key, list(prompt_ids), list(response_ids), None))
 
     @torch.no_grad()
-    def step_turns(self) -> list:
-        from rollout_workers.multiturn import TurnOutput
-
+    def step_turns(self) -> list[TurnOutput]:
         key, ids, what, seed = self._pending.pop(0)
         if seed is None:  # a probe sequence: teacher-forced scores
             return [TurnOutput(key, [], self._logprobs([ids], [what], 1.0)[0], "probe")]

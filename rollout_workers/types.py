@@ -33,7 +33,7 @@ class RolloutBatch:
     policy_version: int = 0
     probe_scores: list[list[list[float]]] = field(default_factory=list)
     """Weight-sync probe logprobs, one entry per engine that scored the probe in this call
-    (teacher-forced, no temperature; see :mod:`pipeline.sync`)."""
+    (teacher-forced, no temperature; see :mod:`pipeline.controller.sync`)."""
     loss_masks: list[list[int]] = field(default_factory=list)
     """Multi-turn only (empty: every response token is the policy's): per sample, 1 on each
     response token the policy generated, 0 on tokens the environment appended (their
@@ -88,3 +88,13 @@ def turn_seed(base_seed: int, step: int, conversation: int, turn: int) -> int:
     step's batch (prompt position x samples + sample) and the turn, never of the engine, the
     batch split or the order in which conversations happen to reach their turns."""
     return (sample_seed(base_seed, step, conversation) * 7_919 + turn * 104_729 + 1) % (2**31 - 1)
+
+
+@dataclass
+class TurnOutput:
+    """One finished engine request: an assistant turn, or a probe sequence's scores."""
+
+    key: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str

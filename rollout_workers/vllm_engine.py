@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, sample_seed
+from rollout_workers.types import ProbeBatch, RolloutBatch, Sampling, TurnOutput, sample_seed
 
 
 class WeightSyncExtension:
@@ -200,7 +200,7 @@ class VLLMEngine:
         ]
 
     # ------------------------------------------------- request level (multi-turn rollouts)
-    # :class:`rollout_workers.multiturn.ConversationLoop` adds one request per assistant turn
+    # :class:`rollout_workers.conversation_loop.ConversationLoop` adds one request per assistant turn
     # to the ``LLMEngine`` this ``LLM`` holds and steps it itself, so a conversation's next
     # turn joins the running batch as soon as its environment step returns.
     def add_turn(self, key: str, prompt_ids: list[int], sampling: Sampling, seed: int) -> None:
@@ -230,10 +230,8 @@ class VLLMEngine:
         params.output_kind = RequestOutputKind.FINAL_ONLY
         self.llm.llm_engine.add_request(key, tokens_input(list(token_ids)), params)
 
-    def step_turns(self) -> list:
+    def step_turns(self) -> list[TurnOutput]:
         """One engine step; the requests it finished (turns with their logprobs, probe scores)."""
-        from rollout_workers.multiturn import TurnOutput
-
         finished = []
         for out in self.llm.llm_engine.step():
             if not out.finished:

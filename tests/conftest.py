@@ -18,11 +18,11 @@ def refuse_ray_start(monkeypatch) -> list[str]:
 
     Holds whether or not another test's Ray session is up (under ``make test`` one usually is):
     ``ray.is_initialized`` answers False, so any Ray call goes through Ray's auto-init to
-    ``ray.init``. Every stage starts Ray through ``pipeline.ray_setup.init_ray``, which it imports
+    ``ray.init``. Every stage starts Ray through ``pipeline.controller.ray_setup.init_ray``, which it imports
     inside the function that calls it, so replacing the module attribute reaches all of them."""
     import ray
 
-    from pipeline import ray_setup
+    from pipeline.controller import ray_setup
 
     attempts: list[str] = []
 
@@ -34,14 +34,14 @@ def refuse_ray_start(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse("ray.init"))
-    monkeypatch.setattr(ray_setup, "init_ray", refuse("pipeline.ray_setup.init_ray"))
+    monkeypatch.setattr(ray_setup, "init_ray", refuse("pipeline.controller.ray_setup.init_ray"))
     return attempts
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A locally built tiny Qwen2 model and tokenizer (random weights), built once per session."""
-    from pipeline.model_init import init_model
+    from pipeline.stages.init_model import init_model
 
     cfg = RayppoConfig()
     cfg.init.output_dir = str(tmp_path_factory.mktemp("models") / "tiny")

@@ -1,1 +1,2 @@
-"""Dialogue environments, simulated users and the built-in chat and memory tasks."""
+"""Dialogue environments and simulated users: the world the policy acts in (no engines inside:
+the LLM user's engine is :mod:`rollout_workers.user_model`, started by the controller)."""

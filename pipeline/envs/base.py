@@ -45,9 +45,10 @@ The contract:
 * Optional hooks: ``from_env_config(cls, env_cfg)`` (classmethod) builds an instance from the
   whole ``env`` section instead of ``cls(**env.kwargs)`` (the LLM user reads ``env.user``);
   ``start_services(cls, env_cfg, placement)`` / ``stop_services(cls)`` (classmethods) start and
-  stop what every instance shares (the LLM user's engine actor); a class attribute
-  ``trial_step = False`` skips the trial step of :func:`load_env` (its step needs those
-  services); ``truncated_metrics(self) -> dict`` gives the ``info["metrics"]`` of a
+  stop what every instance shares; ``user_config(cls, env_cfg)`` (classmethod) names the user
+  model engine the controller starts for it (the LLM user: environments never hold engines);
+  a class attribute ``trial_step = False`` skips the trial step of :func:`load_env` (its step
+  needs a service or an engine that starts with the run); ``truncated_metrics(self) -> dict`` gives the ``info["metrics"]`` of a
   conversation rayppo's limits cut short (the memory task counts it as a failure), which has
   no final step of its own.
 
@@ -83,10 +84,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pipeline.config.envs import EnvConfig
 from pipeline.data import PromptRow
+from pipeline.data.messages import clean_messages
 from pipeline.envs.calls import EnvCaller, EnvStats
-from pipeline.envs.config import EnvConfig
-from pipeline.messages import clean_messages
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, Optional
 
 import gymnasium as gym
 
+from pipeline.config.envs import EnvConfig
 from pipeline.data import PromptRow
 from pipeline.envs.base import EnvSession, class_name, load_env
-from pipeline.envs.config import EnvConfig
 
 CHARSET = frozenset(string.printable)
 GYM_ID = "rayppo/Dialogue-v0"

@@ -89,7 +89,7 @@ def _add_rater(args) -> None:
 
 
 def _add_tasks(args) -> None:
-    from pipeline.feedback import tasks
+    from pipeline.feedback import rating_tasks
     from pipeline.feedback.storage import Database
 
     items = _new_items(args)
@@ -97,38 +97,38 @@ def _add_tasks(args) -> None:
     settings = None
     chat_model = None
     if args.kind == "chat":
-        chat_model = tasks.parse_model(args.model[0])[1]
+        chat_model = rating_tasks.parse_model(args.model[0])[1]
         settings = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens,
                     "seed": args.seed, "system": args.system}
-    task_id = tasks.create_task(db, args.name, args.kind, instructions=args.instructions,
+    task_id = rating_tasks.create_task(db, args.name, args.kind, instructions=args.instructions,
                                 raters_per_item=args.raters_per_item, chat_model=chat_model, settings=settings,
                                 append=args.append)
-    added = tasks.add_items(db, task_id, items, agreement_items=args.agreement_items,
+    added = rating_tasks.add_items(db, task_id, items, agreement_items=args.agreement_items,
                             agreement_repeats=args.agreement_repeats, seed=args.seed) if items else 0
     print(f"task {task_id} {args.name!r} ({args.kind}): {added} items added")
 
 
 def _new_items(args) -> list:
     """The items of an ``add-tasks`` call, every argument checked before any engine starts."""
-    from pipeline.feedback import tasks
+    from pipeline.feedback import rating_tasks
 
     sources = [bool(args.prompts), bool(args.from_run)]
     if args.kind == "chat":
         if len(args.model) != 1 or any(sources):
             raise ValueError("a chat task takes exactly one --model and no --prompts / --from-run")
-        tasks.parse_model(args.model[0])
+        rating_tasks.parse_model(args.model[0])
         return []
     if sum(sources) != 1:
         raise ValueError("give either --prompts FILE with --model, or --from-run SAMPLES")
     if args.from_run:
         steps = {int(x) for x in args.steps.split(",")} if args.steps else None
-        items = tasks.items_from_samples(args.from_run, args.kind, label=os.path.basename(os.path.normpath(args.from_run)),
+        items = rating_tasks.items_from_samples(args.from_run, args.kind, label=os.path.basename(os.path.normpath(args.from_run)),
                                          steps=steps)
     else:
         if not args.model:
             raise ValueError("--prompts needs --model (once, or twice to compare two models)")
-        plan = tasks.SamplingPlan(args.engine, args.temperature, args.top_p, args.max_tokens, args.seed)
-        items = tasks.items_from_models(args.prompts, args.model, args.kind, plan, samples=args.samples,
+        plan = rating_tasks.SamplingPlan(args.engine, args.temperature, args.top_p, args.max_tokens, args.seed)
+        items = rating_tasks.items_from_models(args.prompts, args.model, args.kind, plan, samples=args.samples,
                                         limit=args.limit)
     if not items:
         raise ValueError("no items came out of that source")

@@ -1,6 +1,6 @@
 """Live chat tasks: a rater talks with a model, every message is stored, replies get a thumb.
 
-The model is served by the engines of :mod:`pipeline.chat` (vLLM, or transformers), loaded in
+The model is served by the engines of :mod:`pipeline.stages.chat` (vLLM, or transformers), loaded in
 the server process on first use and shared by its requests. A user message is committed before
 the model starts replying, the reply once it is complete; a reply that fails removes its user
 message again, so a conversation never holds a question without its answer.
@@ -14,9 +14,10 @@ from typing import Iterator, Optional
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.chat import ChatSampling, Conversation, load_engine
+from pipeline.data.chat_history import ChatHistory
 from pipeline.feedback.assign import FeedbackError, get_task
 from pipeline.feedback.storage import ChatMessage, ChatSession, Comment, Database, Task
+from rollout_workers.chat_engine import ChatSampling, load_engine
 
 VOTES = {"up": 1, "down": -1}
 MAX_MESSAGE_CHARS = 5000
@@ -115,7 +116,7 @@ def _reply(db, models, session_id, user_id, task, turns) -> Iterator[dict]:
     parts: list[str] = []
     try:
         engine = models.get(task.chat_model)
-        conversation = Conversation(settings.get("system") or None)
+        conversation = ChatHistory(settings.get("system") or None)
         conversation.turns = turns
         conversation.fit(lambda m: len(engine.encode(m)), engine.max_context - sampling.max_tokens)
         seed = sampling.seed + session_id * 1000 + len(turns)

@@ -17,8 +17,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from pipeline.feedback import assign
 from pipeline.feedback.assign import FeedbackError
-from pipeline.feedback.server import COOKIE, TEMPLATES
 from pipeline.feedback.storage import Assignment, rater_for_token
+from pipeline.feedback.web import COOKIE, TEMPLATES
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 _STATIC_FILES = {"style.css": "text/css", "chat.js": "text/javascript"}

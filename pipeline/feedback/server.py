@@ -20,15 +20,14 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from fastapi.templating import Jinja2Templates
 
+from pipeline.feedback import api, pages
 from pipeline.feedback.assign import FeedbackError
 from pipeline.feedback.live_chat import ChatModels
 from pipeline.feedback.storage import DEFAULT_DB, Database, rater_for_token
+from pipeline.feedback.web import COOKIE, TEMPLATES
 
-COOKIE = "rayppo_feedback"
 PUBLIC_PATHS = ("/login", "/static/style.css")
-TEMPLATES = Jinja2Templates(directory=os.path.join(os.path.dirname(__file__), "templates"))
 _SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -66,8 +65,6 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(db: Database, chat_models: Optional[ChatModels] = None) -> FastAPI:
     """The app on an open database. ``chat_models`` serves live-chat tasks (vLLM by default)."""
-    from pipeline.feedback import api, pages
-
     app = FastAPI(title="rayppo feedback", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.db = db
     app.state.chat_models = chat_models or ChatModels()

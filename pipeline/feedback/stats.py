@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from pipeline.feedback.export import resolve_tasks
 from pipeline.feedback.storage import Assignment, ChatMessage, ChatSession, Database, Item, Rater, Rating, Task
-from pipeline.tracking import format_table
+from pipeline.infra.tracking import format_table
 
 Z95 = 1.959964
 

@@ -1,7 +1,7 @@
 """Reward sources behind one interface, and their weighted sum.
 
 ``reward.sources`` lists the sources (``rule``, ``model``, ``judge``, ``http``, ``similarity``;
-settings in :mod:`pipeline.rewards.config`); ``reward.function`` alone is the one-rule
+settings in :mod:`pipeline.config.rewards`); ``reward.function`` alone is the one-rule
 shorthand. :class:`RewardSet` builds and checks them all before anything heavy starts, starts
 the actor-backed ones, and scores a batch in two halves: :meth:`RewardSet.submit` starts every
 source at once (actors, HTTP requests and in-process rules each work on their own), and
@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from pipeline.config.rewards import ACTOR_KINDS, RewardConfig, source_configs
 from pipeline.rewards.base import ScoreRequest, SourceResult
-from pipeline.rewards.config import ACTOR_KINDS, RewardConfig, source_configs
 from pipeline.rewards.rule import RewardFn, resolve_reward_fn, score_completions
 from pipeline.rewards.stall import RewardStall, UnscorableSteps, source_problem
 

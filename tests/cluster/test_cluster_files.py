@@ -67,7 +67,7 @@ def test_every_yaml_parses_to_a_mapping():
 def test_runtime_env_is_valid_for_ray_and_does_not_clash_with_the_driver():
     from ray.runtime_env import RuntimeEnv
 
-    from pipeline.ray_setup import WORKER_ENV
+    from pipeline.controller.ray_setup import WORKER_ENV
 
     raw = _load("runtime_env.yaml")
     env = RuntimeEnv(**raw)  # raises on unknown keys or wrong types

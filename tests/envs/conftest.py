@@ -1,5 +1,5 @@
 """Fixtures of the environment tests. ``envs_ray`` is the same local Ray the integration
-tests use (``pipeline.ray_setup.init_ray``); when one already runs in the session it is reused."""
+tests use (``pipeline.controller.ray_setup.init_ray``); when one already runs in the session it is reused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipeline.config import RayppoConfig
 def envs_ray():
     import ray
 
-    from pipeline.ray_setup import init_ray
+    from pipeline.controller.ray_setup import init_ray
 
     started = not ray.is_initialized()
     cfg = RayppoConfig()

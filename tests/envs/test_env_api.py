@@ -8,9 +8,9 @@ import pickle
 import pytest
 
 from pipeline.config import load_config
+from pipeline.config.envs import EnvConfig
 from pipeline.data import PromptRow
 from pipeline.envs.base import EnvFactory, load_env, step_all
-from pipeline.envs.config import EnvConfig
 
 HERE = "tests.envs.envs_for_tests"
 ROW = PromptRow(messages=[{"role": "user", "content": "hi"}], answer="42", source="rows.jsonl:row 1")

@@ -7,10 +7,11 @@ import asyncio
 
 import pytest
 
+from pipeline.config.envs import EnvConfig, UserConfig
 from pipeline.data import PromptRow
 from pipeline.envs.base import load_env, step_all
-from pipeline.envs.config import EnvConfig, UserConfig
-from pipeline.envs.users import user_server
+from pipeline.envs.users import LLMUserEnv
+from rollout_workers.user_model import start_user_server, stop_user_servers
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +42,9 @@ def test_llm_user_on_a_vllm_engine_actor(envs_ray, tiny_model):
             for i in range(4)]
     factory = load_env(cfg, rows[0])  # validated before the engine starts
     factory.start()
+    server = start_user_server(LLMUserEnv.user_config(cfg))  # as the controller starts it
     try:
         replies = ["The answer is 2.", "I think 3.", "Done."]
-        server = user_server(user)
         calls_before = len(envs_ray.get(server.engine_calls.remote()))
         texts, sessions = _conversations(factory, rows, replies)
         for row, said, session in zip(rows, texts, sessions):
@@ -66,6 +67,7 @@ def test_llm_user_on_a_vllm_engine_actor(envs_ray, tiny_model):
         assert metrics["env/unscorable"] == 0 and metrics["env/user_turns"] == 2.0
     finally:
         factory.shutdown()
+        stop_user_servers()
 
 
 def test_rllib_ppo_learns_a_dialogue_policy_above_chance(envs_ray):

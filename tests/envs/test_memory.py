@@ -8,11 +8,12 @@ import random
 
 import pytest
 
+from pipeline import tasks
 from pipeline.config import load_config
-from pipeline.data import PromptRow, load_prompt_splits, load_rows
+from pipeline.config.envs import EnvConfig
+from pipeline.data import PromptRow, load_rows
 from pipeline.envs import memory
 from pipeline.envs.base import load_env
-from pipeline.envs.config import EnvConfig
 
 
 def play(row, replies_for):
@@ -113,11 +114,11 @@ def test_sft_demonstrations_are_of_mixed_quality_by_distance():
 
 def test_data_task_memory_through_the_pipeline(tmp_path):
     cfg = load_config(None, ["data.task=memory", "data.num_train=50", "data.num_eval=10", "sft.num_examples=20"])
-    train, eval_rows = load_prompt_splits(cfg.data)
+    train, eval_rows = tasks.prompt_splits(cfg.data)
     assert (len(train), len(eval_rows)) == (50, 10)
     assert eval_rows[0].metadata == memory.prompt_splits(0, 10, 0)[1][0].metadata
-    from pipeline import sft, tasks
-    from pipeline.model_init import _corpus
+    from pipeline.stages import sft
+    from pipeline.stages.init_model import _corpus
 
     convs = sft.load_conversations(cfg, "train")
     assert len(convs) == 20 and sum(m["role"] == "assistant" for m in convs[0].messages) >= 3
@@ -135,7 +136,7 @@ def test_written_files_load_as_prompt_rows_and_conversations(tmp_path):
     rows = load_rows(paths["train"])
     assert len(rows) == 20 and rows[0].metadata["memory"]["slot"] in memory.SLOTS
     assert [r.metadata for r in load_rows(paths["eval"])] == [r.metadata for r in memory.prompt_splits(20, 5, 0)[1]]
-    from pipeline.conversations import load_conversations
+    from pipeline.data.conversations import load_conversations
 
     assert len(load_conversations(paths["sft"])) == 8
 

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
+from pipeline.config.envs import EnvConfig, UserConfig
 from pipeline.data import PromptRow
 from pipeline.envs.base import load_env
-from pipeline.envs.config import EnvConfig, UserConfig
 from pipeline.envs.users import LLMUserEnv, ScriptedUser, message_seed, server_name, user_view
 
 RULES = "tests.envs.test_users"
@@ -78,9 +78,9 @@ def test_llm_user_checks_its_settings_before_any_model_loads():
 
 HUMAN_SCRIPT = textwrap.dedent(
     """
+    from pipeline.config.envs import EnvConfig
     from pipeline.data import PromptRow
     from pipeline.envs.base import load_env
-    from pipeline.envs.config import EnvConfig
 
     row = PromptRow(messages=[{"role": "user", "content": "Hello shop."}], answer=None, source="terminal")
     factory = load_env(EnvConfig(class_path="pipeline.envs.users:HumanUserEnv", step_timeout_s=30), row)
@@ -114,7 +114,7 @@ def test_llm_user_env_is_async_and_skips_the_trial_step():
 
 def test_user_model_on_the_transformers_engine(tiny_model):
     # The plain class behind the user engine actor, with the transformers engine (no Ray).
-    from pipeline.envs.users import UserModel
+    from rollout_workers.user_model import UserModel
 
     model = UserModel(UserConfig(model_path=tiny_model, engine="hf", max_tokens=5, max_model_len=64, temperature=1.0))
     view = user_view([{"role": "user", "content": "Compute 1+2."}, {"role": "assistant", "content": "3"}], "Be brief.")
@@ -145,7 +145,7 @@ class _CountingModel:
 def test_user_server_answers_requests_that_arrive_together_in_one_engine_call():
     import asyncio
 
-    from pipeline.envs.users import UserModelServer
+    from rollout_workers.user_model import UserModelServer
 
     async def ask(server, n):
         return await asyncio.gather(*(server.reply([{"role": "user", "content": "hi"}], seed) for seed in range(n)),

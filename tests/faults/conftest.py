@@ -9,7 +9,7 @@ import os
 import pytest
 from safetensors.torch import load_file
 
-from pipeline import fault_injection
+from pipeline.infra import fault_injection
 from tests.integration.conftest import build_tiny_config, ray_session, tiny_config  # noqa: F401 - shared fixtures
 
 # Runs that recover must end where this unbroken run ends: 2 steps, a checkpoint after each, a
@@ -25,7 +25,7 @@ RUN_OVERRIDES = (
 
 @pytest.fixture
 def fault_dir(tmp_path, monkeypatch) -> str:
-    """A directory for :func:`pipeline.fault_injection.arm`, visible to every actor started
+    """A directory for :func:`pipeline.infra.fault_injection.arm`, visible to every actor started
     by this test's driver (and to jobs given it in their runtime_env)."""
     directory = str(tmp_path / "faults")
     os.makedirs(directory)
@@ -34,7 +34,7 @@ def fault_dir(tmp_path, monkeypatch) -> str:
 
 
 def run_to_end(cfg):
-    from pipeline.driver import Trainer
+    from pipeline.stages.train import Trainer
 
     trainer = Trainer(cfg)
     trainer.setup()

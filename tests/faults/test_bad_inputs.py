@@ -261,7 +261,7 @@ def _run_case(case: Case, tiny_model: str, tmp: Path, checkpoints: Path, capsys)
 def test_the_base_config_passes_every_check(tiny_model, tmp_path, existing_checkpoint, refuse_ray_start):
     """The control: without a defect, the checks that the cases trip all pass."""
     from pipeline.config import load_config
-    from pipeline.driver import Trainer
+    from pipeline.stages.train import Trainer
 
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_base_config(tiny_model, tmp_path, existing_checkpoint)))

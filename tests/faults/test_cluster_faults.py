@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import fault_injection
+from pipeline.infra import fault_injection
 from tests.faults.conftest import RUN_OVERRIDES, STEPS, logged_steps, max_weight_difference
 from tests.local_cluster import REPO, local_cluster, running_cluster
 

@@ -10,9 +10,9 @@ import time
 import pytest
 import ray
 
-from pipeline import fault_injection
-from pipeline.driver import Trainer
-from pipeline.sync import verify
+from pipeline.controller.sync import verify
+from pipeline.infra import fault_injection
+from pipeline.stages.train import Trainer
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from pipeline import fault_injection
+from pipeline.infra import fault_injection
 from tests.faults.conftest import RUN_OVERRIDES, STEPS, logged_steps, max_weight_difference, run_to_end
 
 pytestmark = pytest.mark.integration

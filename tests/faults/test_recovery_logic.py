@@ -15,10 +15,10 @@ import pytest
 from ray import exceptions as rex
 
 from learners import checkpoint
-from pipeline import fault_injection, faults
 from pipeline.config import RayppoConfig
-from pipeline.recovery import Recovery
-from pipeline.tracking import MetricsLogger
+from pipeline.controller.recovery import Recovery
+from pipeline.infra import fault_injection, faults
+from pipeline.infra.tracking import MetricsLogger
 
 _POINT = "import sys; from pipeline import fault_injection as f; f.point('learner.update', rank=int(sys.argv[1])); print('alive')"
 
@@ -85,7 +85,7 @@ def test_a_fault_restarts_the_group_and_the_loop_goes_on():
 
 
 def test_a_restart_attempt_that_faults_is_retried_as_the_same_failure(monkeypatch):
-    monkeypatch.setattr("pipeline.recovery._BACKOFF_S", 0.0)
+    monkeypatch.setattr("pipeline.controller.recovery._BACKOFF_S", 0.0)
     trainer = _Trainer(max_failures=1, restart_errors=[faults.LearnerFailure("start: node still listed")] * 2)
     recovery = Recovery(trainer)
     with recovery.guard():
@@ -98,7 +98,7 @@ def test_a_restart_attempt_that_faults_is_retried_as_the_same_failure(monkeypatc
 
 
 def test_a_group_that_never_restarts_stops_the_run(monkeypatch):
-    monkeypatch.setattr("pipeline.recovery._BACKOFF_S", 0.0)
+    monkeypatch.setattr("pipeline.controller.recovery._BACKOFF_S", 0.0)
     trainer = _Trainer(max_failures=-1, restart_errors=[faults.LearnerFailure("start")] * 10)
     with pytest.raises(RuntimeError, match=r"could not be restarted in 4 attempts"):
         with Recovery(trainer).guard():

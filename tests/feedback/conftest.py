@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
+from pipeline.feedback.rating_tasks import NewItem, add_items, create_task
 from pipeline.feedback.storage import Database, add_rater
-from pipeline.feedback.tasks import NewItem, add_items, create_task
 from tests.integration.conftest import ray_session, tiny_config  # noqa: F401 - shared fixtures (the loop)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

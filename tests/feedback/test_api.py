@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from pipeline.feedback.live_chat import ChatModels
-from pipeline.feedback.server import COOKIE, create_app
+from pipeline.feedback.rating_tasks import NewItem, add_items, create_task
+from pipeline.feedback.server import create_app
 from pipeline.feedback.storage import ChatMessage, Rating
-from pipeline.feedback.tasks import NewItem, add_items, create_task
+from pipeline.feedback.web import COOKIE
 
 
 @pytest.fixture

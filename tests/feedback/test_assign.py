@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from pipeline.feedback.assign import FeedbackError, next_assignment, submit_rating, task_progress
+from pipeline.feedback.rating_tasks import add_items, create_task
 from pipeline.feedback.storage import Assignment, Database, Item, Rating, Rater, add_rater, rater_for_token
-from pipeline.feedback.tasks import add_items, create_task
 
 from tests.feedback.conftest import compare_items
 

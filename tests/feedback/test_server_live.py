@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
+from pipeline.feedback.rating_tasks import add_items, create_task
 from pipeline.feedback.storage import Assignment, Item, Rating, add_rater
-from pipeline.feedback.tasks import add_items, create_task
 
 from tests.feedback.conftest import compare_items
 

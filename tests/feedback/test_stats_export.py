@@ -9,9 +9,9 @@ import pytest
 
 from pipeline.feedback.assign import next_assignment, submit_rating
 from pipeline.feedback.export import export
+from pipeline.feedback.rating_tasks import add_items, create_task
 from pipeline.feedback.stats import cohen_kappa, format_report, report, wilson_interval
 from pipeline.feedback.storage import Assignment, Item, rater_for_token
-from pipeline.feedback.tasks import add_items, create_task
 
 from tests.feedback.conftest import compare_items, rate_items
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from pipeline.cli import main as rayppo
+from pipeline.feedback.rating_tasks import add_items, create_task, read_samples
 from pipeline.feedback.storage import Database
-from pipeline.feedback.tasks import add_items, create_task, read_samples
 
 from tests.feedback.conftest import compare_items
 

@@ -14,7 +14,7 @@ from pipeline.config import RayppoConfig, load_config
 def ray_session():
     import ray
 
-    from pipeline.ray_setup import init_ray
+    from pipeline.controller.ray_setup import init_ray
 
     cfg = RayppoConfig()
     cfg.resources.local_num_cpus = 4  # 2 learner ranks + up to 2 engines, time-shared on 2 cores

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.driver import Trainer
-from pipeline.sync import WeightSyncError
+from pipeline.controller.sync import WeightSyncError
+from pipeline.stages.train import Trainer
 
 from tests.integration.test_rl_pipeline import read_metrics, run
 

@@ -62,7 +62,7 @@ def test_cli_rejects_bad_config_before_starting_ray(tiny_model, tmp_path):
 
 
 def test_hf_engine_runs_the_pipeline(tiny_model, ray_session, tmp_path, tiny_config):
-    from pipeline.driver import Trainer
+    from pipeline.stages.train import Trainer
 
     cfg = tiny_config(tiny_model, str(tmp_path), "rollout.engine=hf", "total_steps=1")
     trainer = Trainer(cfg)

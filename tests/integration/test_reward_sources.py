@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import save_config
-from pipeline.driver import Trainer
+from pipeline.stages.train import Trainer
 
 pytestmark = pytest.mark.integration
 
@@ -202,7 +202,7 @@ def test_a_run_that_cannot_score_stops_and_says_why(tiny_model, ray_session, tmp
 def test_eval_compares_two_models(tiny_model, tiny_reward_model, ray_session, tmp_path, tiny_config, chat_rows, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.evaluate import run_eval
+    from pipeline.stages.evaluate import run_eval
 
     other = str(tmp_path / "other")
     model = AutoModelForCausalLM.from_pretrained(tiny_model)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.driver import Trainer
-from pipeline.sync import WeightSyncError, verify
+from pipeline.controller.sync import WeightSyncError, verify
+from pipeline.stages.train import Trainer
 
 pytestmark = pytest.mark.integration
 

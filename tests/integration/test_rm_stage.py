@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def support_model(tmp_path_factory) -> str:
     """A random tiny model whose tokenizer is trained on the support task's text."""
     from pipeline.config import load_config
-    from pipeline.model_init import init_model
+    from pipeline.stages.init_model import init_model
 
     out = str(tmp_path_factory.mktemp("support") / "base")
     cfg = load_config(None, ["data.task=support", f"init.output_dir={out}", "init.vocab_size=600", "init.corpus_size=2000"])
@@ -42,8 +42,8 @@ def _config(model: str, run_dir: str, *overrides: str):
 def test_rm_stage_learns_the_surface_and_saves_a_loadable_model(support_model, ray_session, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.rm import load_pair_splits, run_rm
-    from pipeline.preferences import reward_input_ids
+    from pipeline.data.preferences import reward_input_ids
+    from pipeline.stages.rm import load_pair_splits, run_rm
     from rollout_workers.reward_model import RewardModelScorer
 
     cfg = _config(
@@ -91,8 +91,9 @@ def test_rm_stage_learns_the_surface_and_saves_a_loadable_model(support_model, r
 def test_conversation_sft_learns_every_assistant_turn(support_model, ray_session, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline import sft, tasks
+    from pipeline import tasks
     from pipeline.envs import support
+    from pipeline.stages import sft
 
     train_rows, eval_rows = tasks.split_rows("support", 400, 40, 0)
     for name, rows in (("train", train_rows), ("eval", eval_rows)):

@@ -12,7 +12,7 @@ from ray import tune
 
 from pipeline.cli import main
 from pipeline.config import load_config, save_config
-from pipeline.tune.sweep import run_sweep
+from pipeline.stages.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ class _Source:
         self.sd = {"a": torch.randn(64, 32, generator=g), "b": torch.randn(8, generator=g).to(torch.bfloat16)}
 
     def packed(self):
-        from pipeline.weight_transport import pack
+        from pipeline.infra.weight_transport import pack
 
         return pack(self.sd)
 
@@ -24,7 +24,7 @@ class _Source:
 
 class _Sink:
     def receive(self, payload):
-        from pipeline.weight_transport import unpack
+        from pipeline.infra.weight_transport import unpack
 
         # Copy out of the read-only object-store memory, as an engine's reload does.
         return {k: v.clone() for k, v in unpack(payload).items()}

@@ -32,7 +32,7 @@ def greedy_accuracy(model_path: str, cfg, count: int) -> float:
     from rollout_workers.hf_engine import HFEngine
     from rollout_workers.types import Sampling
 
-    _, held_out = data.load_prompt_splits(cfg.data)
+    _, held_out = tasks.prompt_splits(cfg.data)
     rows = held_out[:count]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     engine = HFEngine(model_path, seed=0, torch_threads=2)
@@ -45,8 +45,8 @@ def greedy_accuracy(model_path: str, cfg, count: int) -> float:
 
 def test_debug_recipe_sft_reaches_its_warm_start_accuracy(ray_session, tmp_path):
     from pipeline.config import load_config
-    from pipeline.model_init import init_model
-    from pipeline.sft import run_sft
+    from pipeline.stages.init_model import init_model
+    from pipeline.stages.sft import run_sft
 
     cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"), [
         f"init.output_dir={tmp_path}/base", f"sft.base_path={tmp_path}/base", f"sft.output_dir={tmp_path}/sft",

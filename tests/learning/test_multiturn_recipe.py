@@ -25,8 +25,8 @@ of its 30)."""
 
 def test_multiturn_recipe_sft_then_rl_raises_held_out_success(ray_session, tmp_path):
     from pipeline.config import load_config
-    from pipeline.model_init import init_model
-    from pipeline.sft import run_sft
+    from pipeline.stages.init_model import init_model
+    from pipeline.stages.sft import run_sft
 
     cfg = load_config(os.path.join(REPO, "configs", "multiturn.yaml"), [
         f"init.output_dir={tmp_path}/base", f"sft.base_path={tmp_path}/base", f"sft.output_dir={tmp_path}/sft",

@@ -51,7 +51,7 @@ def _same_training(base: str, runs: list[tuple[str, str]], keys: tuple[str, ...]
 
 def test_sft_on_one_and_two_ranks_trains_the_same_model(tiny_model, ray_session, tmp_path):
     from pipeline.config import load_config
-    from pipeline.sft import run_sft
+    from pipeline.stages.sft import run_sft
 
     runs = []
     for ranks in (1, 2):
@@ -68,7 +68,7 @@ def test_sft_on_one_and_two_ranks_trains_the_same_model(tiny_model, ray_session,
 
 def test_rm_on_one_and_two_ranks_trains_the_same_model(tiny_model, ray_session, tmp_path):
     from pipeline.config import load_config
-    from pipeline.rm import run_rm
+    from pipeline.stages.rm import run_rm
 
     runs = []
     for ranks in (1, 2):

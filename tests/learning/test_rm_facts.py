@@ -30,8 +30,8 @@ def support_sft(tmp_path_factory) -> str:
     """The recipe's SFT model of the support task (``configs/chat_rlhf.yaml``: it knows which
     value in the context answers the question), on one rank."""
     from pipeline.config import load_config
-    from pipeline.model_init import init_model
-    from pipeline.sft import run_sft
+    from pipeline.stages.init_model import init_model
+    from pipeline.stages.sft import run_sft
 
     d = tmp_path_factory.mktemp("rlhf")
     cfg = load_config(os.path.join(REPO, "configs", "chat_rlhf.yaml"), [
@@ -45,7 +45,7 @@ def support_sft(tmp_path_factory) -> str:
 def test_reward_model_checks_facts_better_than_a_fact_blind_scorer(support_sft, ray_session, tmp_path):
     from pipeline.config import load_config
     from pipeline.envs.support import fact_blind_accuracy
-    from pipeline.rm import load_pair_splits, run_rm
+    from pipeline.stages.rm import load_pair_splits, run_rm
 
     cfg = load_config(os.path.join(REPO, "configs", "chat_rlhf.yaml"), [
         f"rm.base_path={support_sft}", f"rm.output_dir={tmp_path}/rm", f"rm.log_dir={tmp_path}/logs",

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import advantage_step
 from pipeline.config import load_config
+from pipeline.controller import advantages
 from rollout_workers.types import RolloutBatch
 
 LENGTHS = [3, 1, 2, 4]  # 2 prompts x 2 samples, ragged responses
@@ -50,7 +50,7 @@ def _broadcast(seq_adv, lengths=LENGTHS):
 def test_grpo_group_normalised_scores_on_every_token():
     cfg = _cfg("algorithm.advantage=grpo")
     scores = np.array([1.0, 0.0, 2.0, 5.0])
-    out, metrics = advantage_step.compute(cfg, _rollout(), scores, {})
+    out, metrics = advantages.compute(cfg, _rollout(), scores, {})
     assert set(out) == {"advantages"}
     _check_lengths(out)
     # group 1: mean 0.5, population std 0.5; group 2: mean 3.5, std 1.5; eps = 1e-6.
@@ -66,7 +66,7 @@ def test_grpo_group_normalised_scores_on_every_token():
 
 def test_grpo_without_std_scaling():
     cfg = _cfg("algorithm.advantage=grpo", "algorithm.grpo_scale_std=false")
-    out, _ = advantage_step.compute(cfg, _rollout(), np.array([1.0, 0.0, 2.0, 5.0]), {})
+    out, _ = advantages.compute(cfg, _rollout(), np.array([1.0, 0.0, 2.0, 5.0]), {})
     _assert_rows(out["advantages"], _broadcast([0.5, -0.5, -1.5, 1.5]))
 
 
@@ -74,7 +74,7 @@ def test_grpo_nan_score_is_left_out_of_its_group():
     cfg = _cfg("algorithm.advantage=grpo", n_samples=3)
     lengths = [2, 3, 1, 1, 2, 2]
     scores = np.array([1.0, np.nan, 3.0, 0.0, 0.0, 6.0])
-    out, metrics = advantage_step.compute(cfg, _rollout(lengths, 3), scores, {})
+    out, metrics = advantages.compute(cfg, _rollout(lengths, 3), scores, {})
     _check_lengths(out, lengths)
     # group 1 statistics over {1, 3} only: mean 2, std 1 (with NaN as 0 the mean would be 4/3).
     # group 2: {0, 0, 6}: mean 2, std sqrt((4 + 4 + 16) / 3) = sqrt(8).
@@ -90,7 +90,7 @@ def test_grpo_nan_score_is_left_out_of_its_group():
 
 def test_grpo_nan_in_a_pair_zeroes_the_whole_group():
     cfg = _cfg("algorithm.advantage=grpo")
-    out, _ = advantage_step.compute(cfg, _rollout(), np.array([np.nan, 1.0, 2.0, 5.0]), {})
+    out, _ = advantages.compute(cfg, _rollout(), np.array([np.nan, 1.0, 2.0, 5.0]), {})
     b = 1.5 / (1.5 + 1e-6)
     _assert_rows(out["advantages"], _broadcast([0.0, 0.0, -b, b]))
     assert all(np.isfinite(r).all() for r in out["advantages"])
@@ -98,7 +98,7 @@ def test_grpo_nan_in_a_pair_zeroes_the_whole_group():
 
 def test_rloo_hand_computed():
     cfg = _cfg("algorithm.advantage=rloo")
-    out, _ = advantage_step.compute(cfg, _rollout(), np.array([1.0, 0.0, 2.0, 5.0]), {})
+    out, _ = advantages.compute(cfg, _rollout(), np.array([1.0, 0.0, 2.0, 5.0]), {})
     _assert_rows(out["advantages"], _broadcast([1.0, -1.0, -3.0, 3.0]))
 
 
@@ -106,7 +106,7 @@ def test_rloo_groups_of_three_with_nan():
     cfg = _cfg("algorithm.advantage=rloo", n_samples=3)
     lengths = [1, 2, 3, 2, 2, 1]
     scores = np.array([1.0, 2.0, 6.0, 4.0, np.nan, 0.0])
-    out, _ = advantage_step.compute(cfg, _rollout(lengths, 3), scores, {})
+    out, _ = advantages.compute(cfg, _rollout(lengths, 3), scores, {})
     # 1 - (2+6)/2, 2 - (1+6)/2, 6 - (1+2)/2 ; 4 - 0, NaN -> 0, 0 - 4.
     _assert_rows(out["advantages"], _broadcast([-3.0, -1.5, 4.5, 4.0, 0.0, -4.0], lengths))
 
@@ -116,7 +116,7 @@ def test_gae_gamma_lam_one_returns_equal_score():
     cfg = _cfg("algorithm.advantage=gae", "algorithm.gamma=1.0", "algorithm.lam=1.0")
     scores = np.array([1.0, 0.0, 2.0, 5.0])
     values = [[0.5, 0.25, 0.0], [0.5], [1.0, 3.0], [2.0, 2.0, 4.0, 1.0]]
-    out, metrics = advantage_step.compute(cfg, _rollout(), scores, {"old_values": _arrays(values)})
+    out, metrics = advantages.compute(cfg, _rollout(), scores, {"old_values": _arrays(values)})
     assert set(out) == {"advantages", "returns", "old_values"}
     _check_lengths(out)
     # gamma = lam = 1: advantage_t = score - V_t, return_t = score on every valid token.
@@ -137,7 +137,7 @@ def test_gae_one_step_td_targets():
     cfg = _cfg("algorithm.advantage=gae", "algorithm.gamma=0.5", "algorithm.lam=0.0")
     scores = np.array([1.0, 0.0, 2.0, 5.0])
     values = [[0.5, 0.25, 0.0], [0.5], [1.0, 3.0], [2.0, 2.0, 4.0, 1.0]]
-    out, _ = advantage_step.compute(cfg, _rollout(), scores, {"old_values": _arrays(values)})
+    out, _ = advantages.compute(cfg, _rollout(), scores, {"old_values": _arrays(values)})
     expected_returns = [
         [0.5 * 0.25, 0.5 * 0.0, 1.0],
         [0.0],
@@ -153,7 +153,7 @@ def test_gae_one_step_td_targets():
 def test_gae_nan_score_masks_its_sample():
     cfg = _cfg("algorithm.advantage=gae")
     values = [[0.5, 0.25, 0.0], [0.5], [1.0, 3.0], [2.0, 2.0, 4.0, 1.0]]
-    out, metrics = advantage_step.compute(
+    out, metrics = advantages.compute(
         cfg, _rollout(), np.array([1.0, np.nan, 2.0, 5.0]), {"old_values": _arrays(values)}
     )
     _check_lengths(out)
@@ -177,7 +177,7 @@ def test_kl_mean_is_masked_mean_of_k3():
     old, ref = _kl_inputs()
     computed = {"old_logprobs": _arrays(old), "ref_logprobs": _arrays(ref)}
     scores = np.array([1.0, 0.0, 2.0, 5.0])
-    out, metrics = advantage_step.compute(cfg, _rollout(), scores, computed)
+    out, metrics = advantages.compute(cfg, _rollout(), scores, computed)
     # kl/mean is always k3 (non-negative), whatever estimator the loss uses.
     d = np.concatenate([np.subtract(r, o) for o, r in zip(old, ref)])
     k3 = np.exp(d) - d - 1.0
@@ -187,7 +187,7 @@ def test_kl_mean_is_masked_mean_of_k3():
     assert out["old_logprobs"] is computed["old_logprobs"]
     assert out["ref_logprobs"] is computed["ref_logprobs"]
     # kl_mode=loss (default): the KL does not touch the advantages.
-    plain, _ = advantage_step.compute(cfg, _rollout(), scores, {})
+    plain, _ = advantages.compute(cfg, _rollout(), scores, {})
     _assert_rows(out["advantages"], plain["advantages"])
     # Engine vs learner logprobs, token-weighted.
     engine = np.concatenate(_rollout().response_logprobs)
@@ -202,14 +202,14 @@ def test_stale_batches_take_the_ratio_against_the_engines_logprobs():
     cfg = _cfg("algorithm.advantage=grpo", "rollout.max_staleness=1")
     _, ref = _kl_inputs()
     rollout = _rollout()
-    out, metrics = advantage_step.compute(cfg, rollout, np.array([1.0, 0.0, 2.0, 5.0]), {"ref_logprobs": _arrays(ref)})
+    out, metrics = advantages.compute(cfg, rollout, np.array([1.0, 0.0, 2.0, 5.0]), {"ref_logprobs": _arrays(ref)})
     _assert_rows(out["old_logprobs"], rollout.response_logprobs)
     assert all(row.dtype == np.float32 for row in out["old_logprobs"])
     d = np.concatenate([np.subtract(r, o) for o, r in zip(rollout.response_logprobs, ref)])
     assert metrics["kl/mean"] == pytest.approx((np.exp(d) - d - 1.0).mean(), rel=1e-5)
     assert "rollout/logprob_diff" not in metrics
     # On-policy the learner's update takes its own (detached) logprobs: nothing is added.
-    fresh, _ = advantage_step.compute(_cfg("algorithm.advantage=grpo"), rollout, np.array([1.0, 0.0, 2.0, 5.0]), {})
+    fresh, _ = advantages.compute(_cfg("algorithm.advantage=grpo"), rollout, np.array([1.0, 0.0, 2.0, 5.0]), {})
     assert "old_logprobs" not in fresh
 
 
@@ -217,7 +217,7 @@ def test_kl_mean_ignores_nan_scored_samples():
     cfg = _cfg("algorithm.advantage=grpo")
     old, ref = _kl_inputs()
     computed = {"old_logprobs": _arrays(old), "ref_logprobs": _arrays(ref)}
-    _, metrics = advantage_step.compute(cfg, _rollout(), np.array([1.0, 0.0, np.nan, 5.0]), computed)
+    _, metrics = advantages.compute(cfg, _rollout(), np.array([1.0, 0.0, np.nan, 5.0]), computed)
     d = np.concatenate([np.subtract(ref[i], old[i]) for i in (0, 1, 3)])
     assert metrics["kl/mean"] == pytest.approx((np.exp(d) - d - 1.0).mean(), rel=1e-5)
 
@@ -234,7 +234,7 @@ def test_kl_reward_mode_shifts_grpo_scores_by_kl_coef_sum_kl():
     old, ref = _kl_inputs()
     computed = {"old_logprobs": _arrays(old), "ref_logprobs": _arrays(ref)}
     scores = np.array([1.0, 0.0, 2.0, 5.0])
-    out, _ = advantage_step.compute(cfg, _rollout(), scores, computed)
+    out, _ = advantages.compute(cfg, _rollout(), scores, computed)
     # k1 sums: 0.5 + 0 - 1 = -0.5 ; 0.5 ; -0.2 + 0 = -0.2 ; 0.3 + 0 - 0.2 + 1.0 = 1.1
     kl_sum = np.array([-0.5, 0.5, -0.2, 1.1])
     np.testing.assert_allclose(
@@ -248,7 +248,7 @@ def test_kl_reward_mode_shifts_grpo_scores_by_kl_coef_sum_kl():
     np.testing.assert_allclose(centred, [0.75, -0.75, -1.175, 1.175], atol=1e-12)
     _assert_rows(out["advantages"], _broadcast(centred), atol=1e-5)
     # Same config without the reference: plain score differences.
-    plain, _ = advantage_step.compute(cfg, _rollout(), scores, {"old_logprobs": _arrays(old)})
+    plain, _ = advantages.compute(cfg, _rollout(), scores, {"old_logprobs": _arrays(old)})
     _assert_rows(plain["advantages"], _broadcast([0.5, -0.5, -1.5, 1.5]))
 
 
@@ -257,7 +257,7 @@ def test_engine_logprobs_used_when_learner_did_not_compute_them():
     cfg = _cfg("algorithm.advantage=grpo")
     rollout = _rollout()
     ref = [np.asarray(r, dtype=np.float32) - 0.25 for r in rollout.response_logprobs]
-    _, metrics = advantage_step.compute(cfg, rollout, np.array([1.0, 0.0, 2.0, 5.0]), {"ref_logprobs": ref})
+    _, metrics = advantages.compute(cfg, rollout, np.array([1.0, 0.0, 2.0, 5.0]), {"ref_logprobs": ref})
     d = -0.25
     assert metrics["kl/mean"] == pytest.approx(math.exp(d) - d - 1.0, rel=1e-4)
     assert "rollout/logprob_diff" not in metrics
@@ -267,7 +267,7 @@ def test_engine_logprobs_used_when_learner_did_not_compute_them():
 def test_reinforce_pp_whitened_reward_to_go():
     cfg = _cfg("algorithm.advantage=reinforce_pp", "algorithm.gamma=1.0")
     scores = np.array([1.0, 0.0, 2.0, 5.0])
-    out, _ = advantage_step.compute(cfg, _rollout(), scores, {})
+    out, _ = advantages.compute(cfg, _rollout(), scores, {})
     raw = np.concatenate([[s] * n for s, n in zip(scores, LENGTHS)])
     whitened = (raw - raw.mean()) / np.sqrt(raw.var() + 1e-8)
     _assert_rows([np.concatenate(out["advantages"])], [whitened], atol=1e-5)

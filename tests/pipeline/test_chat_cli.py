@@ -14,7 +14,10 @@ import time
 
 import pytest
 
-from pipeline.chat import ChatApp, ChatSampling, Conversation, HFChatEngine, TerminalChat, printable
+from pipeline.data.chat_history import ChatHistory
+from pipeline.infra.terminal import TerminalChat, printable
+from pipeline.stages.chat import ChatApp
+from rollout_workers.chat_engine import ChatSampling, HFChatEngine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -105,7 +108,7 @@ def test_bad_model_path_fails_before_loading(tmp_path):
 
 
 def test_checkpoint_paths_resolve_to_their_policy(tiny_model, tmp_path):
-    from pipeline.model_path import resolve_model_path
+    from pipeline.infra.model_path import resolve_model_path
 
     step = tmp_path / "checkpoints" / "step_000002"
     step.mkdir(parents=True)
@@ -145,7 +148,7 @@ def test_the_next_reply_is_generated_from_the_whole_history(hf_engine, tmp_path)
 
 
 def test_context_limit_drops_whole_old_exchanges():
-    conversation = Conversation("system")
+    conversation = ChatHistory("system")
     for i in range(4):
         conversation.add("user", f"q{i}")
         conversation.add("assistant", f"a{i}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import chat_report
+from pipeline.stages import chat_report
 
 
 @pytest.fixture(scope="module")

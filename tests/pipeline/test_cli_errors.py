@@ -4,7 +4,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.config import load_config
-from pipeline.placement import requested_resources
+from pipeline.controller.placement import requested_resources
 
 pytestmark = pytest.mark.usefixtures("refuse_ray_start")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.conversations import check_conversation, conversation_from_row, encode_conversation, load_conversations
+from pipeline.data.conversations import check_conversation, conversation_from_row, encode_conversation, load_conversations
 
 TWO_TURNS = [
     {"role": "system", "content": "Be brief."},
@@ -167,7 +167,7 @@ def test_load_conversations_reports_file_and_row(tmp_path):
 
 def test_sft_stage_rejects_bad_rows_before_ray_starts(tiny_model, tmp_path, refuse_ray_start):
     from pipeline.config import load_config
-    from pipeline.sft import run_sft
+    from pipeline.stages.sft import run_sft
 
     path = tmp_path / "chats.jsonl"
     path.write_text(json.dumps({"messages": TWO_TURNS}) + "\n" + json.dumps({"messages": [{"role": "user", "content": 1}]}) + "\n")
@@ -179,7 +179,7 @@ def test_sft_stage_rejects_bad_rows_before_ray_starts(tiny_model, tmp_path, refu
 
 def test_sft_examples_from_prompt_rows_keep_the_single_turn_path(tiny_model):
     from pipeline.config import load_config
-    from pipeline.sft import prepare
+    from pipeline.stages.sft import prepare
 
     cfg = load_config(None, [f"sft.base_path={tiny_model}", "data.num_train=20", "sft.num_examples=5"])
     examples, eval_examples, pad_id = prepare(cfg)

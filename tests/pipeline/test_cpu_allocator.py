@@ -14,7 +14,7 @@ PROBE = textwrap.dedent(
     """
     import ctypes, sys
     sys.path.insert(0, {root!r})
-    from pipeline.cpu_allocator import keep_freed_memory
+    from pipeline.infra.cpu_allocator import keep_freed_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in (

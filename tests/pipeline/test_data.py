@@ -4,8 +4,9 @@ import re
 import datasets
 import pytest
 
-from pipeline import data, model_init, tasks
+from pipeline import data, tasks
 from pipeline.config import DataConfig
+from pipeline.stages import init_model
 
 ROWS = [
     {"prompt": "Compute 1+2.", "answer": "3"},
@@ -132,9 +133,9 @@ def test_file_level_errors(tmp_path):
         data.load_rows(str(tmp_path / "empty_dir"))
 
 
-def test_load_prompt_splits_from_task():
+def test_prompt_splits_from_task():
     cfg = DataConfig(task="arithmetic", num_train=40, num_eval=10, seed=2)
-    train, eval_ = data.load_prompt_splits(cfg)
+    train, eval_ = tasks.prompt_splits(cfg)
     expected_train, expected_eval = tasks.split_rows("arithmetic", 40, 10, 2, 1, 2)
     assert [r.prompt_text for r in train] == [r["prompt"] for r in expected_train]
     assert [r.answer for r in eval_] == [r["answer"] for r in expected_eval]
@@ -142,26 +143,26 @@ def test_load_prompt_splits_from_task():
     assert not {r.prompt_text for r in train} & {r.prompt_text for r in eval_}
 
 
-def test_load_prompt_splits_from_files(tmp_path):
+def test_prompt_splits_from_files(tmp_path):
     a = _write_jsonl(tmp_path / "a.jsonl", ROWS[:2])
     b = _write_jsonl(tmp_path / "b.jsonl", ROWS[2:])
     e = _write_jsonl(tmp_path / "e.jsonl", ROWS[:1])
-    train, eval_ = data.load_prompt_splits(DataConfig(task=None, train_files=[a, b], eval_files=[e]))
+    train, eval_ = tasks.prompt_splits(DataConfig(task=None, train_files=[a, b], eval_files=[e]))
     assert [r.source for r in train] == [f"{a}:row 1", f"{a}:row 2", f"{b}:row 1"]
     assert len(eval_) == 1
     with pytest.raises(ValueError, match=r"data\.train_files"):
-        data.load_prompt_splits(DataConfig(task=None))
+        tasks.prompt_splits(DataConfig(task=None))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(ValueError, match=r"data\.train_files=.*hold no prompt rows"):
-        data.load_prompt_splits(DataConfig(task=None, train_files=[str(empty)]))
+        tasks.prompt_splits(DataConfig(task=None, train_files=[str(empty)]))
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     rows = tasks.generate_rows("arithmetic", 200, 0)
-    texts = [model_init.render_chat([{"role": "user", "content": r["prompt"]}]) for r in rows]
-    return model_init.train_tokenizer(texts, 300)
+    texts = [init_model.render_chat([{"role": "user", "content": r["prompt"]}]) for r in rows]
+    return init_model.train_tokenizer(texts, 300)
 
 
 def test_encode_prompts_matches_chat_template_text(tokenizer):
@@ -173,7 +174,7 @@ def test_encode_prompts_matches_chat_template_text(tokenizer):
     encoded = data.encode_prompts(tokenizer, rows, max_prompt_tokens=64)
     for row, ids in zip(rows, encoded):
         assert all(type(t) is int for t in ids)
-        text = model_init.render_chat(row.messages, add_generation_prompt=True)
+        text = init_model.render_chat(row.messages, add_generation_prompt=True)
         assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tokenizer.decode(ids) == text
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluate import table, wilson_interval, win_rate, write_json
+from pipeline.stages.evaluate import table, wilson_interval, win_rate, write_json
 
 
 def test_wilson_interval_known_values():

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipeline.inflight import InFlight, from_state, to_state
-from pipeline.sync import PendingCheck
+from pipeline.controller.inflight import InFlight, from_state, to_state
+from pipeline.controller.sync import PendingCheck
 from rollout_workers.types import RolloutBatch
 
 

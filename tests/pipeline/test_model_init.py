@@ -5,13 +5,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline import model_init, tasks
+from pipeline import tasks
 from pipeline.config import DataConfig, InitModelConfig
+from pipeline.stages import init_model
 
 
 def _texts(n=300, task="arithmetic"):
     return [
-        model_init.render_chat(
+        init_model.render_chat(
             [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]
         )
         for r in tasks.generate_rows(task, n, 0)
@@ -20,15 +21,15 @@ def _texts(n=300, task="arithmetic"):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return model_init.train_tokenizer(_texts(), 320)
+    return init_model.train_tokenizer(_texts(), 320)
 
 
 def test_presets_have_the_documented_shapes():
-    assert list(model_init.PRESETS) == ["tiny", "debug", "small", "0.5b"]
-    half = model_init.PRESETS["0.5b"]
+    assert list(init_model.PRESETS) == ["tiny", "debug", "small", "0.5b"]
+    half = init_model.PRESETS["0.5b"]
     assert (half["num_hidden_layers"], half["hidden_size"], half["num_attention_heads"]) == (24, 896, 14)
     assert (half["num_key_value_heads"], half["intermediate_size"]) == (2, 4864)
-    for sizes in model_init.PRESETS.values():
+    for sizes in init_model.PRESETS.values():
         assert sizes["hidden_size"] % sizes["num_attention_heads"] == 0
         assert sizes["num_attention_heads"] % sizes["num_key_value_heads"] == 0
         assert sizes["tie_word_embeddings"] and sizes["max_position_embeddings"] == 512
@@ -51,22 +52,22 @@ def test_chat_template_is_chatml(tokenizer):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Compute 1+2."}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     expected = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n"
-    assert text == expected == model_init.render_chat(messages, add_generation_prompt=True)
+    assert text == expected == init_model.render_chat(messages, add_generation_prompt=True)
 
 
 def test_tokenizer_vocab_size_validation():
     with pytest.raises(ValueError, match=r"init\.vocab_size=100"):
-        model_init.train_tokenizer(["abc"], 100)
+        init_model.train_tokenizer(["abc"], 100)
 
 
 def test_build_model_validation_and_seeding(tokenizer):
     with pytest.raises(ValueError, match=r"init\.architecture='gpt2'"):
-        model_init.build_model("gpt2", "tiny", tokenizer, 0)
+        init_model.build_model("gpt2", "tiny", tokenizer, 0)
     with pytest.raises(ValueError, match=r"init\.preset='huge'"):
-        model_init.build_model("qwen2", "huge", tokenizer, 0)
-    a = model_init.build_model("llama", "tiny", tokenizer, seed=1)
-    b = model_init.build_model("llama", "tiny", tokenizer, seed=1)
-    c = model_init.build_model("llama", "tiny", tokenizer, seed=2)
+        init_model.build_model("qwen2", "huge", tokenizer, 0)
+    a = init_model.build_model("llama", "tiny", tokenizer, seed=1)
+    b = init_model.build_model("llama", "tiny", tokenizer, seed=1)
+    c = init_model.build_model("llama", "tiny", tokenizer, seed=2)
     assert type(a).__name__ == "LlamaForCausalLM"
     assert a.config.vocab_size == len(tokenizer) and a.dtype == torch.float32
     assert a.lm_head.weight.data_ptr() == a.model.embed_tokens.weight.data_ptr()
@@ -74,10 +75,10 @@ def test_build_model_validation_and_seeding(tokenizer):
     assert a.generation_config.pad_token_id == tokenizer.pad_token_id
     wa, wb, wc = (m.model.layers[0].mlp.up_proj.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
-    deeper = model_init.build_model("qwen2", "tiny", tokenizer, seed=1, num_layers=3)
+    deeper = init_model.build_model("qwen2", "tiny", tokenizer, seed=1, num_layers=3)
     assert deeper.config.num_hidden_layers == 3 and deeper.config.hidden_size == a.config.hidden_size
     with pytest.raises(ValueError, match=r"init\.num_layers=0"):
-        model_init.build_model("qwen2", "tiny", tokenizer, 0, num_layers=0)
+        init_model.build_model("qwen2", "tiny", tokenizer, 0, num_layers=0)
 
 
 def test_init_model_saves_loadable_model(tmp_path):
@@ -88,7 +89,7 @@ def test_init_model_saves_loadable_model(tmp_path):
     init_cfg = InitModelConfig(output_dir=str(out), preset="tiny", vocab_size=400, corpus_size=500, seed=3)
     data_cfg = DataConfig(task="arithmetic", seed=0)
 
-    path = model_init.init_model(init_cfg, data_cfg)
+    path = init_model.init_model(init_cfg, data_cfg)
     assert path == str(out)
     assert not stale.exists()
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(
@@ -104,7 +105,7 @@ def test_init_model_saves_loadable_model(tmp_path):
     assert model.dtype == torch.float32
     assert len(tokenizer_ids := tok.encode("123")) == 3, tokenizer_ids
     # The reloaded tokenizer (whatever class transformers picks) must tokenize like the trained one.
-    trained = model_init.train_tokenizer(model_init._corpus(init_cfg, data_cfg), 400)
+    trained = init_model.train_tokenizer(init_model._corpus(init_cfg, data_cfg), 400)
     for text in _texts(50) + _texts(50, "countdown") + ["odd  spacing\n\nhere 12"]:
         assert tok.encode(text) == trained.encode(text)
 
@@ -116,12 +117,12 @@ def test_init_model_saves_loadable_model(tmp_path):
     assert 0 < out_ids.shape[1] - len(ids) <= 4
 
     mtime = os.path.getmtime(out / "model.safetensors")
-    assert model_init.ensure_model(init_cfg, data_cfg) == path
+    assert init_model.ensure_model(init_cfg, data_cfg) == path
     assert os.path.getmtime(out / "model.safetensors") == mtime
 
     # Rebuilding over an existing directory replaces it whole.
     (out / "leftover.txt").write_text("x")
-    model_init.init_model(init_cfg, data_cfg)
+    init_model.init_model(init_cfg, data_cfg)
     assert not (out / "leftover.txt").exists() and (out / "config.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["base"]
 
@@ -131,11 +132,11 @@ def test_ensure_model_builds_from_prompt_files(tmp_path):
     rows.write_text("".join(json.dumps(r) + "\n" for r in tasks.generate_rows("countdown", 100, 0)))
     init_cfg = InitModelConfig(output_dir=str(tmp_path / "m"), architecture="llama", vocab_size=300, corpus_size=50)
     data_cfg = DataConfig(task=None, train_files=[str(rows)])
-    path = model_init.ensure_model(init_cfg, data_cfg)
+    path = init_model.ensure_model(init_cfg, data_cfg)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert AutoTokenizer.from_pretrained(path).decode([]) == ""
 
     with pytest.raises(ValueError, match=r"data\.train_files is empty"):
-        model_init.init_model(InitModelConfig(output_dir=str(tmp_path / "x")), DataConfig(task=None))
+        init_model.init_model(InitModelConfig(output_dir=str(tmp_path / "x")), DataConfig(task=None))
     with pytest.raises(ValueError, match=r"init\.corpus_size=0"):
-        model_init.init_model(InitModelConfig(output_dir=str(tmp_path / "x"), corpus_size=0), DataConfig())
+        init_model.init_model(InitModelConfig(output_dir=str(tmp_path / "x"), corpus_size=0), DataConfig())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.chat_config import MonitorsConfig
-from pipeline.monitors import Monitors
+from pipeline.config.monitors import MonitorsConfig
+from pipeline.controller.monitors import Monitors
 
 
 class RecordingLogger:

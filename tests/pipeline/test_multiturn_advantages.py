@@ -4,8 +4,8 @@ per-turn rewards reach the turns that earned them (hand-computed)."""
 import numpy as np
 import pytest
 
-from pipeline import advantage_step
 from pipeline.config import load_config
+from pipeline.controller import advantages
 from rollout_workers.types import RolloutBatch
 
 # Two conversations of one opening (a GRPO group of 2): turns of 2 and 1 tokens with two
@@ -40,7 +40,7 @@ def _assert_rows(actual, expected):
 
 def test_grpo_turn_returns_per_turn_index():
     cfg = _cfg("algorithm.advantage=rloo", "algorithm.gamma=0.5")
-    out, metrics = advantage_step.compute(cfg, _batch(), np.array([0.0, 2.0]), {})
+    out, metrics = advantages.compute(cfg, _batch(), np.array([0.0, 2.0]), {})
     # Returns (gamma 0.5, conversation reward on the last turn): row 0: G1 = 1.0, G0 = 0.1 + 0.5;
     # row 1: G1 = 0.0 + 2.0, G0 = 0.1 + 1.0. RLOO per turn index: G - the other's G.
     # turn 0: 0.6 - 1.1 = -0.5 and +0.5; turn 1: 1.0 - 2.0 = -1.0 and +1.0.
@@ -53,7 +53,7 @@ def test_reward_kl_is_charged_to_the_turn_it_happens_in():
                "algorithm.kl_mode=reward", "algorithm.kl_estimator=k1")
     old = [np.array([-0.5, -0.6, -9, -9, -0.7], np.float32), np.array([-0.2, -9, -9, -0.3, -0.4], np.float32)]
     ref = [np.array([-0.5, -0.8, 0, 0, -0.7], np.float32), np.array([-0.2, 0, 0, -0.3, -0.4], np.float32)]
-    out, metrics = advantage_step.compute(cfg, _batch(), np.array([0.0, 0.0]), {"old_logprobs": old, "ref_logprobs": ref})
+    out, metrics = advantages.compute(cfg, _batch(), np.array([0.0, 0.0]), {"old_logprobs": old, "ref_logprobs": ref})
     # k1 KL: row 0 turn 0 has 0.2 (token 1), nothing else on assistant tokens; env tokens count
     # nothing although their logprobs differ. Row 0: r = [0.1 - 0.2, 1.0], G = [0.9, 1.0];
     # row 1: G = [0.1, 0.0]. RLOO: turn 0 +-0.8, turn 1 +-1.0.
@@ -64,7 +64,7 @@ def test_reward_kl_is_charged_to_the_turn_it_happens_in():
 def test_gae_places_turn_rewards_on_turn_ends():
     cfg = _cfg("algorithm.advantage=gae", "algorithm.gamma=1.0", "algorithm.lam=1.0")
     values = [np.zeros(5, np.float32), np.zeros(5, np.float32)]
-    out, _ = advantage_step.compute(cfg, _batch(), np.array([0.5, np.nan]), {"old_values": values})
+    out, _ = advantages.compute(cfg, _batch(), np.array([0.5, np.nan]), {"old_values": values})
     # gamma = lam = 1, V = 0: the return of a token is the reward still to come after it, on
     # assistant tokens: row 0 -> 0.1 + 1.0 + 0.5 on turn 0, 1.5 on turn 1; row 1 unscorable.
     _assert_rows(out["returns"], [[1.6, 1.6, 0, 0, 1.5], [0] * 5])
@@ -74,7 +74,7 @@ def test_gae_places_turn_rewards_on_turn_ends():
 
 def test_reinforce_pp_and_env_tokens():
     cfg = _cfg("algorithm.advantage=reinforce_pp", "algorithm.gamma=1.0")
-    out, _ = advantage_step.compute(cfg, _batch(), np.array([0.0, 0.0]), {})
+    out, _ = advantages.compute(cfg, _batch(), np.array([0.0, 0.0]), {})
     # Returns on assistant tokens: row 0 [1.1, 1.1, 1.0]; row 1 [0.1, 0.0, 0.0]; whitened.
     g = np.array([1.1, 1.1, 1.0, 0.1, 0.0, 0.0])
     w = (g - g.mean()) / np.sqrt(g.var() + 1e-8)
@@ -85,6 +85,6 @@ def test_single_turn_batches_are_unchanged():
     cfg = _cfg("algorithm.advantage=grpo")
     single = RolloutBatch(prompt_ids=[[1], [1]], response_ids=[[5, 6], [7]], response_logprobs=[[-1, -1], [-1]],
                           finish_reasons=["stop"] * 2, prompt_index=[0, 0])
-    out, _ = advantage_step.compute(cfg, single, np.array([1.0, 0.0]), {})
+    out, _ = advantages.compute(cfg, single, np.array([1.0, 0.0]), {})
     a = 0.5 / (0.5 + 1e-6)
     _assert_rows(out["advantages"], [[a, a], [-a]])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.multiturn import MultiTurn, conversation_metrics
-from pipeline.multiturn_report import evaluations, table
+from pipeline.controller.episodes import MultiTurn, conversation_metrics
+from pipeline.stages.multiturn_report import evaluations, table
 from rollout_workers.types import RolloutBatch
 from tests.rollout_workers.test_multiturn_loop import rows
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from pipeline.config import load_config
-from pipeline.placement import check_feasible, role_layouts, trial_bundles, trial_placement_options
+from pipeline.controller.placement import check_feasible, role_layouts, trial_bundles, trial_placement_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,7 +123,7 @@ CLUSTER_SCRIPT = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from pipeline.config import load_config
-    from pipeline.placement import Placement, actor_nodes
+    from pipeline.controller.placement import Placement, actor_nodes
 
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         num_cpus=1, resources={"rollout_pool": 1}, include_dashboard=False))

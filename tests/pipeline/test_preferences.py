@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.preferences import PreferencePair, load_pairs, pair_from_row, reward_input_ids
+from pipeline.data.preferences import PreferencePair, load_pairs, pair_from_row, reward_input_ids
 
 USER = {"role": "user", "content": "Compute 2+3."}
 GOOD = {"role": "assistant", "content": "5"}
@@ -135,7 +135,7 @@ def test_reward_input_is_the_rendered_conversation(tiny_model):
 
 def test_rm_stage_rejects_bad_input_before_ray_starts(tiny_model, tmp_path, refuse_ray_start):
     from pipeline.config import load_config
-    from pipeline.rm import run_rm
+    from pipeline.stages.rm import run_rm
 
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps(_rows()[0]) + "\n" + json.dumps({"prompt": "p", "chosen": "c", "rejected": 4}) + "\n")
@@ -157,7 +157,7 @@ def test_rm_stage_encodes_pairs_as_the_reward_source_reads_them(tiny_model, tmp_
     from transformers import AutoTokenizer
 
     from pipeline.config import load_config
-    from pipeline.rm import prepare
+    from pipeline.stages.rm import prepare
 
     good = tmp_path / "pairs.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
@@ -170,7 +170,7 @@ def test_rm_stage_encodes_pairs_as_the_reward_source_reads_them(tiny_model, tmp_
 
 
 def test_rm_prints_held_out_accuracy_per_category():
-    from pipeline.rm import stats_table
+    from pipeline.stages.rm import stats_table
 
     stats = {"mean": 0.1, "std": 0.5, "count": 8, "eval": {"pairwise_accuracy": 0.75, "mean_margin": 0.4, "loss": 0.5, "pairs": 4,
              "by_group": {"b": {"pairwise_accuracy": 1.0, "pairs": 1}, "a": {"pairwise_accuracy": 2 / 3, "pairs": 3}}}}

@@ -20,7 +20,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.rewards import RewardSet, ScoreRequest
 from pipeline.rewards.http import Breaker
-from pipeline.rewards.server import build_app, resolve_token
+from pipeline.stages.serve_reward import build_app, resolve_token
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import load_config
-from pipeline.placement import (
+from pipeline.controller.placement import (
     all_layouts,
     check_feasible,
     requested_resources,

@@ -74,7 +74,7 @@ def test_max_unscorable_steps_is_validated():
 def test_a_multiturn_environment_names_its_first_error(tiny_model):
     from transformers import AutoTokenizer
 
-    from pipeline.multiturn import MultiTurn
+    from pipeline.controller.episodes import MultiTurn
     from tests.pipeline.test_multiturn_driver import _batch, _cfg
     from tests.rollout_workers.test_multiturn_loop import rows
 

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from pipeline.feedback.tasks import items_from_samples
+from pipeline.feedback.rating_tasks import items_from_samples
+from pipeline.infra.sample_log import SampleLog
 from pipeline.rewards import ScoreRequest
-from pipeline.sample_log import SampleLog
 from rollout_workers.types import RolloutBatch
 
 

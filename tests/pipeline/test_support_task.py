@@ -11,9 +11,9 @@ import pytest
 
 from pipeline import tasks
 from pipeline.config import load_config
-from pipeline.conversations import check_conversation
+from pipeline.data.conversations import check_conversation
+from pipeline.data.preferences import pair_from_row
 from pipeline.envs import support
-from pipeline.preferences import pair_from_row
 
 FACTS = {"item": "lamp", "status": "shipped", "day": "friday", "carrier": "dhl"}
 PROMPT = support.context_text(FACTS, ["day", "item", "status", "carrier"]) + "\nWhen will my order arrive?"
@@ -33,10 +33,8 @@ def test_rows_are_seeded_and_self_consistent():
 
 
 def test_prompt_rows_through_the_data_config():
-    from pipeline import data
-
     cfg = load_config(None, ["data.task=support", "data.num_train=30", "data.num_eval=10"])
-    train, eval_ = data.load_prompt_splits(cfg.data)
+    train, eval_ = tasks.prompt_splits(cfg.data)
     assert len(train) == 30 and len(eval_) == 10
     row = eval_[0]
     assert row.messages[0]["role"] == "user" and row.prompt_text.startswith("Context: ")
@@ -148,7 +146,7 @@ def test_contrast_pairs_differ_only_in_the_fact(noise):
 
 
 def test_contrast_pairs_join_the_rm_stage_training_pairs_only():
-    from pipeline.rm import load_pair_splits
+    from pipeline.stages.rm import load_pair_splits
 
     overrides = ["data.task=support", "data.num_train=50", "rm.num_pairs=40", "rm.num_eval_pairs=20"]
     plain, plain_eval = load_pair_splits(load_config(None, overrides))

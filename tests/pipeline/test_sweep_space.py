@@ -10,8 +10,8 @@ import torch
 
 from pipeline.cli import main, parse
 from pipeline.config import load_config, save_config
-from pipeline.tune.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
-from pipeline.tune.sweep import TrialRow, best_row, policy_checksum, results_table, sweep_dir, trial_config
+from pipeline.config.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
+from pipeline.stages.sweep import TrialRow, best_row, policy_checksum, results_table, sweep_dir, trial_config
 
 
 def space(text: str, *extra: str):
@@ -24,7 +24,7 @@ def test_samplers_parse_with_yaml_strings_coerced():
         " learner.ppo_epochs: {grid: [1, 2]}, learner.warmup_steps: {randint: [0, 4]},"
         " algorithm.clip_low: {quniform: [0.1, 0.3, 0.05]}, rollout.top_p: {uniform: [0.8, 1]}}"
     )
-    dims = {d.key: d for d in parse_space(cfg.tune.search_space)}
+    dims = {d.key: d for d in parse_space(cfg)}
     # YAML 1.1 reads 1e-5 as a string: the sampler gets numbers all the same.
     assert dims["learner.lr"].args == (1e-5, 1e-3)
     assert dims["rollout.temperature"].args == (0.7, 1.0)
@@ -112,7 +112,7 @@ def test_trial_config_keeps_outputs_in_the_trial(tmp_path):
 
 
 def test_wandb_run_joins_the_sweep_group(tmp_path, monkeypatch):
-    from pipeline.tracking import MetricsLogger
+    from pipeline.infra.tracking import MetricsLogger
 
     for name in ("CACHE", "CONFIG", "DATA"):
         monkeypatch.setenv(f"WANDB_{name}_DIR", str(tmp_path / name.lower()))

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from pipeline import model_init
-from pipeline.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, probe_difference, settle, verify
+from pipeline.controller.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, probe_difference, settle, verify
+from pipeline.stages import init_model
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = [
-        model_init.render_chat(
+        init_model.render_chat(
             [
                 {"role": "user", "content": f"What is {a} + {b}?"},
                 {"role": "assistant", "content": str(a + b)},
@@ -19,7 +19,7 @@ def tokenizer():
         for a in range(10)
         for b in range(5)
     ]
-    return model_init.train_tokenizer(texts, 300)
+    return init_model.train_tokenizer(texts, 300)
 
 
 # ----------------------------------------------------------------------------- make_probe
@@ -187,7 +187,7 @@ def test_settle_fails_for_a_stale_or_missing_engine():
 
 
 def test_eval_check_merges_with_the_step_check_instead_of_replacing_it():
-    from pipeline.driver import merge_checks
+    from pipeline.stages.train import merge_checks
 
     step = {"sync/probe_diff": 2e-6, "sync/check_seconds": 0.5, "sync/seconds": 0.3}
     evaluation = {"sync/probe_diff": 1e-6, "sync/check_seconds": 0.25, "eval/accuracy": 0.5}

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from pipeline.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
+from pipeline.infra.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 
 
 def _rows(path):

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import torch
 
-from pipeline.weight_transport import pack, unpack
+from pipeline.infra.weight_transport import pack, unpack
 
 
 def _state_dict() -> dict[str, torch.Tensor]:

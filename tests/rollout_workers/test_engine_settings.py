@@ -13,7 +13,7 @@ from pipeline.config import load_config
 
 
 def test_ignore_eos_reaches_the_engines_sampling():
-    from pipeline.driver import Trainer
+    from pipeline.stages.train import Trainer
 
     for flag in (True, False):
         cfg = load_config(None, [f"rollout.ignore_eos={str(flag).lower()}", "rollout.max_tokens=7"])

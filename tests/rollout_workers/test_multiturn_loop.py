@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.data import PromptRow
 from pipeline.envs.base import load_env
-from rollout_workers.multiturn import ConversationLoop, Limits
+from rollout_workers.conversation_loop import ConversationLoop, Limits
 from rollout_workers.turn_tokens import TurnTokens
 from rollout_workers.types import ProbeBatch, Sampling
 from tests.rollout_workers import dialogue_envs
