@@ -128,6 +128,15 @@ def server_name(user: UserConfig) -> str:
     return "rayppo-llm-user-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _user_engine(user: UserConfig) -> Any:
+    """The running user engine actor for ``user``, by its name (the controller starts it with
+    the run: :func:`rollout_workers.user_model.start_user_server`). Looked up at each request, so
+    an engine restarted under the same name is found again."""
+    import ray
+
+    return ray.get_actor(server_name(user))
+
+
 class LLMUserEnv:
     """Another model plays the user (``env.user``): it answers each assistant reply with the
     next user message until ``env.user.max_user_turns`` messages or ``env.user.stop_phrase``.
@@ -150,7 +159,6 @@ class LLMUserEnv:
         self.seed = 0
         self.answer: Optional[str] = None
         self.user_turns = 0
-        self._server: Any = None
 
     @classmethod
     def from_env_config(cls, env_cfg) -> "LLMUserEnv":
@@ -171,11 +179,7 @@ class LLMUserEnv:
         conversation = messages + [{"role": "assistant", "content": assistant_reply}]
         if self.user_turns >= self.user.max_user_turns:
             return None, 0.0, True, self._final(conversation)
-        if self._server is None:
-            import ray
-
-            self._server = ray.get_actor(server_name(self.user))  # started by the controller
-        handle = self._server
+        handle = _user_engine(self.user)
         seed = message_seed(self.user.seed, self.seed, self.user_turns)
         try:
             text = await asyncio.wait_for(
