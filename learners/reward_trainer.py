@@ -26,6 +26,10 @@ import shutil
 import torch
 import torch.nn.functional as F
 
+from learners.models import resolve_dtype, shard
+from learners.stage import EpochOrder, lr_factor, rank_device
+from learners.stage_log import StageLog
+
 Pair = tuple[list[int], list[int], float, str]
 """(chosen ids, rejected ids, margin, category; ``""`` for none)."""
 
@@ -183,9 +187,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from learners.models import resolve_dtype, shard
-    from learners.stage_log import StageLog
-    from learners.stage import EpochOrder, lr_factor, rank_device
 
     cfg = loop_config["cfg"]
     train, held_out, pad_id = loop_config["train"], loop_config["eval"], loop_config["pad_id"]

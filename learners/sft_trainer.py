@@ -12,6 +12,9 @@ import math
 import os
 import shutil
 
+from learners.stage import EpochOrder, lr_factor, rank_device
+from learners.stage_log import StageLog
+
 Example = tuple[list[int], list[int]]
 """(token ids, assistant mask) of one conversation."""
 
@@ -76,8 +79,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from learners.checkpoint import export_hf
     from learners.models import load_policy, resolve_dtype, shard
-    from learners.stage import EpochOrder, lr_factor, rank_device
-    from learners.stage_log import StageLog
 
     cfg = loop_config["cfg"]
     examples, eval_examples = loop_config["examples"], loop_config["eval_examples"]

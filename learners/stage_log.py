@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pipeline.infra.tracking import MetricsLogger
+
 
 class StageLog:
     def __init__(
@@ -29,8 +31,6 @@ class StageLog:
         if not self.active:
             return
         if log_dir:
-            from pipeline.infra.tracking import MetricsLogger
-
             lc = cfg.logging
             self.logger = MetricsLogger(
                 log_dir,

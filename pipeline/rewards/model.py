@@ -11,12 +11,11 @@ import os
 from learners.models import model_dir_error
 from pipeline.rewards.actors import ActorSource, fill_scores
 from pipeline.rewards.base import ResultBuilder, ScoreRequest
+from rollout_workers.reward_model import STATS_FILE, RewardModelScorer, read_stats
 
 
 def check_model_source(spec, index: int) -> None:
     """Problems found without loading anything: the model directory and its stats file."""
-    from rollout_workers.reward_model import STATS_FILE, read_stats
-
     where = f"reward.sources[{index}].path (source {spec.name!r})"
     problem = model_dir_error(spec.path)
     if problem:
@@ -35,8 +34,6 @@ def check_model_source(spec, index: int) -> None:
 
 class ModelSource(ActorSource):
     def actor_target(self):
-        from rollout_workers.reward_model import RewardModelScorer
-
         s = self.spec
         return RewardModelScorer, (s.path,), dict(
             batch_size=s.batch_size, max_length=s.max_length, normalize=s.normalize, dtype=s.dtype,

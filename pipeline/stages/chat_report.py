@@ -28,9 +28,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from learners.losses import logprobs_from_logits
 from pipeline import data, tasks
 from pipeline.config import RayppoConfig
 from pipeline.infra.tracking import format_table, read_metrics_rows
+from pipeline.rewards import eval_reward_fn, score_completions
+from pipeline.rewards.similarity import corpus_similarity
+from rollout_workers.reward_model import RewardModelScorer
 
 
 @torch.no_grad()
@@ -57,8 +61,6 @@ def generate(model, prompts: list[list[int]], n: int, temperature: float, max_to
 @torch.no_grad()
 def sequence_logprobs(model, prompts: list[list[int]], replies: list[list[int]], pad_id: int, batch: int = 128) -> list[float]:
     """Summed log-probability of each reply given its prompt (teacher-forced)."""
-    from learners.losses import logprobs_from_logits
-
     totals = []
     for lo in range(0, len(replies), batch):
         seqs = [p + r for p, r in zip(prompts[lo : lo + batch], replies[lo : lo + batch])]
@@ -80,9 +82,6 @@ def bootstrap_interval(values: np.ndarray, draws: int = 2000, seed: int = 0) -> 
 
 def _score(cfg: RayppoConfig, rows, replies: list[str], per_prompt: int, rm_scorer) -> dict:
     """Gold, RM, BLEU, ROUGE-L and length of replies (``per_prompt`` consecutive per row)."""
-    from pipeline.rewards import eval_reward_fn, score_completions
-    from pipeline.rewards.similarity import corpus_similarity
-
     sample_rows = [row for row in rows for _ in range(per_prompt)]
     gold_fn = eval_reward_fn(cfg.reward, cfg.data.task)
     gold, _ = score_completions(gold_fn, [r.prompt_text for r in sample_rows], replies, [r.answer for r in sample_rows])
@@ -164,8 +163,6 @@ def _source_names(cfg: RayppoConfig) -> tuple[Optional[str], str, Optional[str]]
 
 
 def build_report(cfg: RayppoConfig, samples: int = 4, limit: Optional[int] = None) -> dict:
-    from rollout_workers.reward_model import RewardModelScorer
-
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     rm_name, gold_name, rm_path = _source_names(cfg)
     rm_path = rm_path or cfg.rm.output_dir

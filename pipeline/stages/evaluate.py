@@ -21,9 +21,11 @@ from typing import Optional
 import numpy as np
 
 from pipeline import tasks
+from pipeline.config.rewards import JudgeSourceConfig, source_configs
 from pipeline.infra.tracking import format_table
 from pipeline.rewards import RewardSet, ScoreRequest, eval_reward_fn, score_completions
 from pipeline.rewards.similarity import corpus_similarity
+from rollout_workers.types import Sampling
 
 Z95 = 1.959963984540054
 
@@ -86,7 +88,6 @@ def generate_replies(cfg, model_path: str, rows: list) -> Replies:
     from transformers import AutoTokenizer
 
     from rollout_workers.group import RolloutGroup
-    from rollout_workers.types import Sampling
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     prompt_ids = data.encode_prompts(tokenizer, rows, cfg.data.max_prompt_tokens)
@@ -104,8 +105,6 @@ def generate_replies(cfg, model_path: str, rows: list) -> Replies:
 
 
 def _baseline_keys(cfg) -> list[str]:
-    from pipeline.config.rewards import JudgeSourceConfig, source_configs
-
     return sorted({s.baseline_key for s in source_configs(cfg.reward)
                    if isinstance(s, JudgeSourceConfig) and s.mode == "pairwise" and s.against == "baseline"})
 

@@ -15,6 +15,7 @@ import os
 from pipeline import tasks
 from pipeline.config import RayppoConfig
 from pipeline.data.preferences import PreferencePair, load_pairs, reward_input_ids
+from pipeline.infra.tracking import format_table
 
 
 def load_pair_splits(cfg: RayppoConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -127,8 +128,6 @@ def run_rm(cfg: RayppoConfig) -> str:
 def stats_table(stats: dict) -> str:
     """The saved ``reward_stats.json`` as a table: the reward's mean/std, then held-out
     accuracy overall and per pair category."""
-    from pipeline.infra.tracking import format_table
-
     rows = [("reward mean / std (training replies)", f"{stats['mean']:.4f} / {stats['std']:.4f}", str(stats["count"]))]
     held = stats.get("eval")
     if held:

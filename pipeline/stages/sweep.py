@@ -29,6 +29,9 @@ from typing import Any, Iterable, Optional
 from learners import checkpoint
 from pipeline.config import RayppoConfig, resolve_storage, save_config
 from pipeline.config.search_space import apply_values, parse_space, pbt_mutations, tune_param_space
+from pipeline.controller import preflight
+from pipeline.infra.tracking import format_table
+from pipeline.infra.weight_transport import unpack
 
 DEFAULT_STORAGE = "runs/sweeps"
 
@@ -133,7 +136,6 @@ def verify_restored_weights(trainer, restored: dict[str, Any]) -> None:
     """Check the learner holds the restored checkpoint's policy; record its checksum."""
     import ray
 
-    from pipeline.infra.weight_transport import unpack
 
     file_tensors, _ = checkpoint_policy(trainer.resume_dir)
     held = unpack(ray.get(trainer.learners.policy_weights()))
@@ -414,8 +416,6 @@ def best_row(rows: list[TrialRow], mode: str) -> Optional[TrialRow]:
 
 
 def results_table(rows: list[TrialRow], cfg: RayppoConfig) -> str:
-    from pipeline.infra.tracking import format_table
-
     def num(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -448,7 +448,6 @@ def run_sweep(cfg: RayppoConfig, resume: bool = False, callbacks: Iterable = ())
     # Trials keep the driver's working directory, as `rayppo train` would: relative paths in
     # the config (reward modules, data) mean the same thing in every trial.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    from pipeline.controller import preflight
 
     path = sweep_dir(cfg)
     check_sweep_dir(path, resume)

@@ -16,18 +16,21 @@ import numpy as np
 
 from learners import checkpoint
 from learners.batching import Samples
+from learners.group import LearnerGroup
 from learners.models import model_dir_error
 from pipeline import data, tasks
 from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_config
 from pipeline.controller import advantages, episodes, preflight
 from pipeline.controller.inflight import InFlight, from_state, to_state
 from pipeline.controller.monitors import Monitors
+from pipeline.controller.placement import Placement, write_report
 from pipeline.controller.recovery import Recovery
-from pipeline.controller.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, settle, sync
+from pipeline.controller.sync import PendingCheck, ProbeBatch, WeightSyncError, make_probe, settle, sync, verify_engine
 from pipeline.infra import fault_injection
 from pipeline.infra.sample_log import SampleLog
 from pipeline.infra.tracking import MetricsLogger, PhaseTimers, format_table, plot_curves
 from pipeline.rewards import UnscorableSteps
+from rollout_workers.group import RolloutGroup
 from rollout_workers.types import RolloutBatch, Sampling
 
 StepCallback = Callable[[int, dict[str, float], Optional[str]], None]
@@ -93,10 +96,7 @@ class Trainer:
             raise
 
     def _setup(self) -> None:
-        from learners.group import LearnerGroup
-        from pipeline.controller.placement import Placement
         from pipeline.controller.ray_setup import init_ray
-        from rollout_workers.group import RolloutGroup
 
         cfg = self.cfg
         init_ray(cfg)
@@ -138,8 +138,6 @@ class Trainer:
             self.startup_sync = self._sync(check=True)
 
     def _write_placement(self) -> None:
-        from pipeline.controller.placement import write_report
-
         write_report(
             os.path.join(self.cfg.logging.dir, "placement.json"),
             self.placement, self.learners.workers, self.rollouts.workers,
@@ -174,8 +172,6 @@ class Trainer:
     def restart_learners(self) -> Optional[str]:
         """A new learner group from the last committed checkpoint (or the start of the run);
         the engines get its weights. Returns the checkpoint restarted from."""
-        from learners.group import LearnerGroup
-
         self.learners.kill()
         self.learners = LearnerGroup(self.cfg, self.placement)
         if self.last_committed:
@@ -190,8 +186,6 @@ class Trainer:
 
     def _verify_engine(self, engine) -> None:
         """Probe check of a replaced engine (it loaded the weights last pushed)."""
-        from pipeline.controller.sync import verify_engine
-
         res = self.cfg.resources
         verify_engine(self.learners, engine, self.probe, self.cfg.rollout.probe_tolerance, self.version,
                       res.engine_timeout_s)
