@@ -149,3 +149,24 @@ def test_arithmetic_digit_credit_never_rewards_a_miss_like_a_hit():
 
     for completion in ("860", "8", "68", "87", "96"):
         assert arithmetic_digit_credit("", completion, "86") <= 0.5
+
+
+def test_every_registered_task_is_a_data_task_the_config_accepts():
+    from pipeline.config import load_config
+
+    for name in tasks.TASKS:
+        assert tasks.get(name).name == name
+        assert load_config(None, [f"data.task={name}"]).data.task == name
+    with pytest.raises(ValueError, match="not a built-in task"):
+        tasks.get("sudoku")
+
+
+def test_prompt_splits_follow_the_task_hooks():
+    from pipeline.config import DataConfig
+
+    # arithmetic: the generated rows' prompts; memory: its own dialogues as prompt rows.
+    train, eval_ = tasks.prompt_splits(DataConfig(task="arithmetic", num_train=5, num_eval=2))
+    assert [r.source for r in eval_] == ["task arithmetic eval #1", "task arithmetic eval #2"]
+    assert len(train) == 5 and train[0].messages[0]["role"] == "user"
+    train, eval_ = tasks.prompt_splits(DataConfig(task="memory", num_train=4, num_eval=2))
+    assert [r.source for r in train][:1] == ["task memory train #1"] and "memory" in eval_[0].metadata
