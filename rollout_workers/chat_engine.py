@@ -10,7 +10,6 @@ from typing import Callable, Iterator, Optional
 
 from pipeline.data import token_ids
 from pipeline.infra.model_path import resolve_model_path
-from rollout_workers.vllm_engine import configure_cpu_environment
 
 ENGINES = ("vllm", "hf")
 
@@ -134,6 +133,8 @@ class VLLMChatEngine(_ChatEngineBase):
                  max_context: Optional[int] = None, kv_cache_gib: float = 1.0):
         super().__init__()
         import torch
+
+        from rollout_workers.vllm_engine import configure_cpu_environment  # imports torch
 
         on_gpu = torch.cuda.is_available()
         if not on_gpu:

@@ -13,9 +13,7 @@ from typing import Any, Optional
 from pipeline.config.envs import UserConfig
 from pipeline.data import token_ids
 from pipeline.envs.users import server_name
-from rollout_workers.hf_engine import HFEngine
 from rollout_workers.types import Sampling
-from rollout_workers.vllm_engine import VLLMEngine
 
 
 class UserModel:
@@ -32,11 +30,15 @@ class UserModel:
         engine_kwargs = dict(seed=user.seed, trust_remote_code=user.trust_remote_code, dtype=user.dtype,
                              torch_threads=user.torch_threads)
         if user.engine == "vllm":
+            from rollout_workers.vllm_engine import VLLMEngine  # the engines import torch
+
             self.engine = VLLMEngine(
                 user.model_path, max_model_len=user.max_model_len, kv_cache_gib=user.kv_cache_gib,
                 gpu_memory_utilization=user.gpu_memory_utilization, **engine_kwargs,
             )
         else:
+            from rollout_workers.hf_engine import HFEngine
+
             self.engine = HFEngine(user.model_path, **engine_kwargs)
 
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
