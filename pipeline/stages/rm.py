@@ -19,7 +19,8 @@ from pipeline.infra.tracking import format_table
 
 
 def load_pair_splits(cfg: RayppoConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Training and held-out pairs: ``rm.train_files`` / ``rm.eval_files``, or the support task's."""
+    """Training and held-out pairs: ``rm.train_files`` / ``rm.eval_files``, or the task's own
+    (``Task.preference_pairs``: the support task's)."""
     rc = cfg.rm
     task = tasks.get(cfg.data.task) if cfg.data.task is not None else None
     if not rc.train_files and (task is None or task.preference_pairs is None):

@@ -6,7 +6,8 @@ model's chat template (:func:`pipeline.data.conversations.encode_conversation`);
 every assistant turn and its end-of-turn token, so the model learns to answer and to stop.
 
 Examples come from ``sft.train_files`` (conversations or prompt/answer rows), else from the
-built-in task: the support task's mixed-quality demonstrations, or the prompt rows' reference
+built-in task: its demonstrations when it has them (``Task.sft_conversations``: the support
+task's mixed-quality replies, the memory task's dialogues), or the prompt rows' reference
 answers as single-turn conversations. They are loaded, checked and tokenized on the driver
 before Ray starts, so a bad row fails with its file, row and field and no worker is started.
 """
