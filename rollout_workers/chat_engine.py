@@ -4,6 +4,7 @@ feedback app's live-chat task."""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline import tasks
+from pipeline import data, tasks
 from pipeline.config.rewards import JudgeSourceConfig, source_configs
 from pipeline.infra.tracking import format_table
 from pipeline.rewards import RewardSet, ScoreRequest, eval_reward_fn, score_completions

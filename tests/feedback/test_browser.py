@@ -49,6 +49,8 @@ def browser():
 
 def test_browser_logs_in_compares_and_rates(db, compare_task, rate_task, live_server, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     token = add_rater(db, "dana")
     server = live_server()
@@ -94,5 +96,7 @@ def test_browser_logs_in_compares_and_rates(db, compare_task, rate_task, live_se
         assert scored.score == 4 and s.get(Item, scored.item_id).reply_a == rated_reply
 
     browser.find_element(By.ID, "logout").click()
+    # The click returns before the POST is answered: a get now could cancel the logout.
+    WebDriverWait(browser, 15).until(expected_conditions.url_contains("/login"))
     browser.get(f"{server.url}/tasks/{rate_task}")
     assert "/login" in browser.current_url
