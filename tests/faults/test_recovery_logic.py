@@ -20,7 +20,7 @@ from pipeline.controller.recovery import Recovery
 from pipeline.infra import fault_injection, faults
 from pipeline.infra.tracking import MetricsLogger
 
-_POINT = "import sys; from pipeline import fault_injection as f; f.point('learner.update', rank=int(sys.argv[1])); print('alive')"
+_POINT = "import sys; from pipeline.infra import fault_injection as f; f.point('learner.update', rank=int(sys.argv[1])); print('alive')"
 
 
 def _reach_point(rank: int, directory: str) -> subprocess.CompletedProcess:
