@@ -160,13 +160,18 @@ class TrialReporter:
     few steps) is in every report the schedulers see. The last step's report is held back
     until :meth:`finish`: ASHA stops a trial as soon as it reports ``max_t`` steps, and the run
     must first export its policy and close its logs.
+
+    Each report's step, metric and saved policy checksum are also appended to
+    ``<run_dir>/reports.jsonl``: Tune's own trial logs (``result.json``) can lose the rows
+    before a restart when PBT pauses and restores a trial, this record keeps every start's.
     """
 
-    def __init__(self, trainer, restored: dict[str, Any]):
+    def __init__(self, trainer, restored: dict[str, Any], run_dir: str):
         self.trainer = trainer
         self.metric = trainer.cfg.tune.metric
         self.latest: dict[str, Any] = dict(restored)
         self.final: Optional[tuple[dict, Any]] = None
+        self.record = os.path.join(run_dir, "reports.jsonl")
 
     def __call__(self, step: int, metrics: dict[str, float], saved: Optional[str]) -> None:
         from ray import tune
@@ -190,13 +195,21 @@ class TrialReporter:
         if step >= self.trainer.cfg.total_steps:
             self.final = (report, ckpt)
         else:
-            tune.report(report, checkpoint=ckpt)
+            self._report(report, ckpt)
 
     def finish(self) -> None:
+        if self.final is not None:
+            self._report(*self.final)
+
+    def _report(self, report: dict, ckpt) -> None:
         from ray import tune
 
-        if self.final is not None:
-            tune.report(self.final[0], checkpoint=self.final[1])
+        keys = ("step", self.metric, "checkpoint/step", "checkpoint/policy_sha", "restore/source")
+        line = {k: report[k] for k in keys if k in report}
+        with open(self.record, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, default=str) + "\n")
+        # Stopping a trial (ASHA, a PBT exploit) ends it inside this call.
+        tune.report(report, checkpoint=ckpt)
 
 
 def _log_start(run_dir: str, values: dict, restored: dict) -> None:
@@ -227,7 +240,7 @@ def run_trial(config: dict, base: RayppoConfig = None, root: str = "") -> None:
         if restored:
             verify_restored_weights(trainer, restored)
         _log_start(run_dir, values, restored)
-        reporter = TrialReporter(trainer, restored)
+        reporter = TrialReporter(trainer, restored, run_dir)
         trainer.train(on_step=reporter)
         reporter.finish()
     finally:
