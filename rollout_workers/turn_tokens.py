@@ -8,7 +8,9 @@ re-encoding a reply's text need not give back the ids the engine sampled.
 
 The tokens of a new message are found once per message by rendering it after a fixed dummy
 conversation and keeping what follows the dummy assistant turn's end-of-turn token: the
-template's own turn markers, the message, and the next generation prompt. :class:`TurnTokens`
+template's own turn markers, the message, and the next generation prompt. The dummy turn is cut
+in that same render, where it is an earlier turn: a template may write the last turn otherwise
+(Qwen3's adds an empty ``<think></think>`` block to the last assistant turn only). :class:`TurnTokens`
 checks on construction that a conversation assembled this way decodes to the same text as
 the template's rendering of the whole conversation, and raises a ``ValueError`` naming the
 model for a template where it does not.
@@ -17,6 +19,8 @@ model for a template where it does not.
 from __future__ import annotations
 
 from typing import Optional
+
+from pipeline.data.templates import render
 
 _DUMMY = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
 _CHECK = [
@@ -48,23 +52,26 @@ class TurnTokens:
         if eos is None:
             raise ValueError(f"{self.name}: the tokenizer has no end-of-sequence token to end assistant turns")
         self.end_of_turn = int(eos)
-        prefix = self.render_ids(_DUMMY, add_generation_prompt=False)
-        opening = self.render_ids(_DUMMY[:1], add_generation_prompt=True)
-        ends = [i for i in range(len(opening), len(prefix)) if prefix[i] == self.end_of_turn]
-        if prefix[: len(opening)] != opening or not ends:
-            raise ValueError(
-                f"{self.name}: the chat template does not end an assistant turn with the end-of-sequence "
-                f"token {tokenizer.eos_token!r} after the generation prompt, so a multi-turn trajectory "
-                "cannot be grown token by token"
-            )
-        self._cut = ends[0] + 1
-        self._prefix = prefix[: self._cut]
+        self._opening = self.render_ids(_DUMMY[:1], add_generation_prompt=True)
         self._cache: dict[tuple[str, str], list[int]] = {}
+        self._prefix: Optional[list[int]] = None
+        self.message({"role": "user", "content": "Bye."})
         if check:
             self.check()
 
+    def _dummy_cut(self, full: list[int]) -> int:
+        """Where the dummy assistant turn of ``full`` ends (after its end-of-turn token)."""
+        ends = [i for i in range(len(self._opening), len(full)) if full[i] == self.end_of_turn]
+        if full[: len(self._opening)] != self._opening or not ends:
+            raise ValueError(
+                f"{self.name}: the chat template does not end an assistant turn with the end-of-sequence "
+                f"token {self.tokenizer.eos_token!r} after the generation prompt, so a multi-turn trajectory "
+                "cannot be grown token by token"
+            )
+        return ends[0] + 1
+
     def render_ids(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = render(self.tokenizer, messages, add_generation_prompt, self.name)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def opening(self, messages: list[dict]) -> list[int]:
@@ -82,12 +89,15 @@ class TurnTokens:
         key = (message["role"], message["content"])
         if key not in self._cache:
             full = self.render_ids(_DUMMY + [dict(message)], add_generation_prompt=True)
-            if full[: self._cut] != self._prefix:
+            cut = self._dummy_cut(full)
+            if self._prefix is None:
+                self._prefix = full[:cut]
+            elif full[:cut] != self._prefix:
                 raise ValueError(
                     f"{self.name}: the chat template renders earlier turns differently once a "
                     f"{message['role']!r} message follows, so turns cannot be appended as tokens"
                 )
-            self._cache[key] = full[self._cut :]
+            self._cache[key] = full[cut:]
         return list(self._cache[key])
 
     def assemble(self, messages: list[dict], replies: Optional[list[list[int]]] = None) -> list[int]:

@@ -25,7 +25,7 @@ from pipeline.config.tune import tune_errors
 # Ranges, enums and cross-field rules
 
 _ENUMS: dict[str, tuple] = {
-    "init.architecture": ("qwen2", "llama"),
+    "init.architecture": (None, "qwen2", "qwen3", "llama", "gemma3"),
     "init.preset": ("tiny", "debug", "small", "0.5b"),
     "model.dtype": ("auto", "float32", "bfloat16"),
     "data.task": (None, "arithmetic", "countdown", "support", "memory"),

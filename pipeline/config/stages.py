@@ -13,15 +13,22 @@ class InitModelConfig:
 
     output_dir: str = "runs/debug/base"
     """Directory the randomly initialised HF model and its tokenizer are saved to."""
-    architecture: str = "qwen2"
-    """Model family of the config: ``qwen2`` or ``llama``."""
+    architecture: Optional[str] = None
+    """Model class: ``qwen2``, ``qwen3``, ``llama`` or ``gemma3``; ``None``: the tokenizer
+    family's own (``tokenizer_path``), else ``qwen2``."""
+    tokenizer_path: Optional[str] = None
+    """A real tokenizer to build the model around: a fetched family (``qwen3``, ``llama3_1``,
+    ``gemma3``: ``make tokenizers``) or a directory holding ``tokenizer.json`` /
+    ``tokenizer_config.json``. Its vocabulary and chat template are kept as they are. ``None``:
+    a byte-level BPE trained on the task text (``vocab_size``, ``corpus_size``)."""
     preset: str = "tiny"
     """Size preset: ``tiny`` (2 layers, hidden 128), ``debug`` (4 layers, hidden 256),
     ``small`` (8 layers, hidden 512) or ``0.5b`` (the Qwen2.5-0.5B shape)."""
     num_layers: Optional[int] = None
     """Depth of the model instead of the preset's (its widths kept); ``None``: the preset's."""
     vocab_size: int = 1024
-    """Target vocabulary size of the byte-level BPE tokenizer trained on the task text."""
+    """Target vocabulary size of the byte-level BPE tokenizer trained on the task text (not
+    used with ``tokenizer_path``)."""
     corpus_size: int = 20000
     """Number of task texts (prompt + answer) the tokenizer is trained on."""
     seed: int = 0

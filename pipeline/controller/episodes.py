@@ -28,7 +28,8 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from pipeline.envs.base import load_env
+from pipeline.data.templates import check_chat_template
+from pipeline.envs.base import TRIAL_REPLY, load_env
 from pipeline.rewards import RewardSet, ScoreRequest, eval_reward_fn, score_completions
 from rollout_workers.conversation_loop import Limits
 from rollout_workers.turn_tokens import TurnTokens
@@ -155,6 +156,12 @@ class MultiTurn:
             raise ValueError("env.class: a multi-turn run needs training rows to open conversations")
         self.factory = load_env(cfg.env)
         opening = self.factory.check(train_rows[0])  # trial reset (and step, unless turned off)
+        # The policy's template must render what the environment sends (Gemma-3's refuses a
+        # system message anywhere but first): fail here, naming the model, not mid-rollout.
+        trial = [opening]
+        if self.factory.trial_message is not None:
+            trial.append(opening + [{"role": "assistant", "content": TRIAL_REPLY}, self.factory.trial_message])
+        check_chat_template(tokenizer, f"model.path={cfg.model.path!r} (env.class={self.factory.name})", tuple(trial))
         self.tokens = TurnTokens(tokenizer, cfg.model.path)
         self.limits = Limits.from_config(cfg)
         length = len(self.tokens.opening(opening))

@@ -15,7 +15,10 @@ preference:
 2. prefix renders: the conversation up to a turn's question with the generation prompt, and up to
    the turn's end, must be prefixes of the whole render; the turn is what lies between;
 3. the turn's content, searched in order in the whole render (templates that rewrite earlier
-   turns, e.g. dropping reasoning, still keep the reply text).
+   turns, e.g. dropping reasoning, still keep the reply text); the turn starts right after the
+   template's generation prompt before it, so what a template writes between the two (Qwen3's
+   empty ``<think></think>`` block on the last turn) is masked as the reply the model would
+   generate there.
 
 If none of these finds every turn, the template cannot be masked and a ``ValueError`` names the
 model and the turn.
@@ -29,6 +32,7 @@ from typing import Any, Optional
 
 from pipeline.data.messages import clean_messages
 from pipeline.data.rows import read_records
+from pipeline.data.templates import generation_prompt
 
 # End-of-turn markers of common chat templates; a turn's mask ends after the first one that
 # follows its content (the tokenizer's own eos token is always tried first).
@@ -145,9 +149,12 @@ def _reply_texts(content: str) -> list[str]:
     return [t for t in texts if t]
 
 
-def _search_spans(messages: list[dict], full: str, markers: list[str]) -> tuple[Optional[list[tuple[int, int]]], int]:
-    """Spans found by searching each turn's content in order; ``(None, turn)`` when turn
-    ``turn``'s content is missing from the render."""
+def _search_spans(
+    messages: list[dict], full: str, markers: list[str], gen_prompt: Optional[str] = None
+) -> tuple[Optional[list[tuple[int, int]]], int]:
+    """Spans found by searching each turn's content in order, each widened back to just after
+    the generation prompt ``gen_prompt`` before it; ``(None, turn)`` when turn ``turn``'s
+    content is missing from the render."""
     spans, cursor = [], 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -162,10 +169,20 @@ def _search_spans(messages: list[dict], full: str, markers: list[str]) -> tuple[
                 break
         if start < 0:
             return None, i
+        opened = full.rfind(gen_prompt, cursor, start) if gen_prompt else -1
         end = _turn_end(full, start, len(full), content, markers)
+        if opened >= 0:
+            start = opened + len(gen_prompt)
         spans.append((start, end))
         cursor = end
     return spans, -1
+
+
+def _generation_prompt(tokenizer) -> Optional[str]:
+    try:
+        return generation_prompt(tokenizer)
+    except ValueError:  # a template without one still masks by content
+        return None
 
 
 def _tokenize_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -215,7 +232,7 @@ def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], lis
     markers = _end_markers(tokenizer)
     spans = _prefix_spans(tokenizer, messages, full, markers)
     if spans is None:
-        spans, missing = _search_spans(messages, full, markers)
+        spans, missing = _search_spans(messages, full, markers, _generation_prompt(tokenizer))
         if spans is None:
             raise ValueError(
                 f"chat template of {name!r} cannot be masked: it is not prefix-stable and the content "

@@ -426,6 +426,8 @@ class EnvFactory:
         self._caller: EnvCaller | None = None
         self._warned: set[str] = set()
         self._started = False
+        self.trial_message: Optional[dict] = None
+        """The next message of :meth:`check`'s trial step (``None``: none, or no trial step)."""
 
     def __getstate__(self) -> dict:
         # Threads, loops and locks stay behind; the copy starts its own when it first calls.
@@ -501,11 +503,12 @@ class EnvFactory:
         if not (self.config.trial_step and getattr(self.cls, "trial_step", True)):
             return opening
         try:
-            check_step(caller.call(env.step, copy.deepcopy(opening), TRIAL_REPLY), env_name)
+            result = check_step(caller.call(env.step, copy.deepcopy(opening), TRIAL_REPLY), env_name)
         except EnvReturnError as e:
             raise ValueError(f"{e} (trial step on {row.source})") from None
         except Exception as e:
             raise ValueError(f"env.class={env_name}: trial step on {row.source} raised {type(e).__name__}: {e}") from e
+        self.trial_message = None if result.done else result.user_message
         return opening
 
 

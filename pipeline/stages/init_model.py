@@ -1,9 +1,13 @@
 """Small models and tokenizers built locally, so a run needs no model hub.
 
-The tokenizer is a byte-level BPE trained on the task text itself, with every digit its own
-token: arithmetic is far easier to learn when "123" is always "1", "2", "3" rather than whatever
-chunks BPE happened to merge. The chat format is ChatML, as in Qwen2, so the same prompt code
-works for these models and for real Qwen checkpoints.
+By default the tokenizer is a byte-level BPE trained on the task text itself, with every digit
+its own token: arithmetic is far easier to learn when "123" is always "1", "2", "3" rather than
+whatever chunks BPE happened to merge. The chat format is ChatML, as in Qwen2, so the same prompt
+code works for these models and for real Qwen checkpoints.
+
+With ``init.tokenizer_path`` the model is built around a real family's tokenizer and chat
+template instead (Qwen3, Llama-3.1, Gemma-3: :mod:`pipeline.infra.tokenizer_families`), in the
+family's own architecture and at its full vocabulary size; only the weights are random.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from pipeline import data, tasks
+from pipeline.data.templates import check_chat_template
+from pipeline.infra.tokenizer_families import family_of, resolve_tokenizer_path
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -54,7 +60,9 @@ PRESETS: dict[str, dict] = {
 
 _ARCHITECTURES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
 }
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1
 _SPECIAL_SPLIT = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
@@ -127,18 +135,32 @@ def build_model(architecture: str, preset: str, tokenizer, seed: int, num_layers
         if num_layers < 1:
             raise ValueError(f"init.num_layers={num_layers!r} must be at least 1 (or null: the preset's depth)")
         sizes["num_hidden_layers"] = num_layers
-    rope_theta = sizes.pop("rope_theta")
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if eos_id is None or pad_id is None:
-        raise ValueError("model_init.build_model: the tokenizer needs an eos and a pad token")
+    rope = {"rope_type": "default", "rope_theta": sizes.pop("rope_theta")}
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("model_init.build_model: the tokenizer needs an end-of-sequence token")
+    # Llama-3.1's tokenizer has no pad token; padding is always masked, so eos serves.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad_id
+    head_dim = sizes["hidden_size"] // sizes["num_attention_heads"]
+    if architecture == "qwen2":
+        family = {"rope_parameters": rope}
+    elif architecture == "gemma3":
+        # Gemma-3 interleaves sliding-window and global attention layers, each with its own rope.
+        family = {
+            "rope_parameters": {"sliding_attention": dict(rope), "full_attention": dict(rope)},
+            "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim,
+        }
+    else:  # the configs' default head_dim is 128, whatever the width
+        family = {"rope_parameters": rope, "head_dim": head_dim}
     config = config_cls(
         vocab_size=len(tokenizer),
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         dtype="float32",
+        **family,
         **sizes,
     )
     torch.manual_seed(seed)
@@ -195,11 +217,29 @@ def _replace_dir(tmp: str, target: str) -> None:
         shutil.rmtree(old)
 
 
+def load_family_tokenizer(tokenizer_path: str):
+    """The real tokenizer ``init.tokenizer_path`` names, checked for a usable chat template."""
+    path = resolve_tokenizer_path(tokenizer_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    check_chat_template(tokenizer, f"init.tokenizer_path={tokenizer_path!r}")
+    return tokenizer
+
+
+def model_architecture(init_cfg) -> str:
+    """``init.architecture``, else the tokenizer family's own, else qwen2."""
+    if init_cfg.architecture is not None:
+        return init_cfg.architecture
+    family = family_of(init_cfg.tokenizer_path) if init_cfg.tokenizer_path else None
+    return family.architecture if family is not None else "qwen2"
+
+
 def init_model(init_cfg, data_cfg) -> str:
-    """Train a tokenizer on the task text, build a random model, save both; return the path."""
-    texts = _corpus(init_cfg, data_cfg)
-    tokenizer = train_tokenizer(texts, init_cfg.vocab_size)
-    model = build_model(init_cfg.architecture, init_cfg.preset, tokenizer, init_cfg.seed, init_cfg.num_layers)
+    """Build (or load) the tokenizer, build a random model around it, save both; return the path."""
+    if init_cfg.tokenizer_path:
+        tokenizer = load_family_tokenizer(init_cfg.tokenizer_path)
+    else:
+        tokenizer = train_tokenizer(_corpus(init_cfg, data_cfg), init_cfg.vocab_size)
+    model = build_model(model_architecture(init_cfg), init_cfg.preset, tokenizer, init_cfg.seed, init_cfg.num_layers)
     out = os.path.normpath(init_cfg.output_dir)
     tmp = out + ".tmp"
     if os.path.exists(tmp):

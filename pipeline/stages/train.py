@@ -20,6 +20,7 @@ from learners.group import LearnerGroup
 from learners.models import model_dir_error
 from pipeline import data, tasks
 from pipeline.config import RayppoConfig, config_hash, resolve_storage, save_config
+from pipeline.data.templates import check_chat_template
 from pipeline.controller import advantages, episodes, preflight
 from pipeline.controller.inflight import InFlight, from_state, to_state
 from pipeline.controller.monitors import Monitors
@@ -57,6 +58,11 @@ class Trainer:
         self.tokenizer = preflight.load_tokenizer(cfg.model.path, "model.path", cfg.model.trust_remote_code)
         self.rewards = episodes.reward_set(cfg, self.tokenizer)  # checked here; actors start in setup()
         self.train_rows, self.eval_rows = tasks.prompt_splits(cfg.data)
+        # The template renders the run's prompts (a system message Gemma-3 cannot place fails here).
+        check_chat_template(
+            self.tokenizer, f"model.path={cfg.model.path!r}",
+            tuple(r.messages for r in self.train_rows[:1] + self.eval_rows[:1]),
+        )
         # Single replies or conversations; an environment and its chat template are checked here.
         self.episodes = episodes.build(cfg, self.tokenizer, self.train_rows)
         max_tokens = cfg.data.max_prompt_tokens

@@ -43,10 +43,19 @@ def split_rows(
     return _split_task_rows(get(task), num_train, num_eval, seed, min_digits, max_digits)
 
 
+def final_answer(completion: str) -> str:
+    """``completion`` without a leading reasoning block: reasoning models (Qwen3's template
+    opens every reply with ``<think>...</think>``, empty when not thinking) answer after it."""
+    stripped = completion.lstrip()
+    if stripped.startswith("<think>") and "</think>" in stripped:
+        return stripped.split("</think>", 1)[1]
+    return completion
+
+
 def verify(task: str, completion: str, answer: str, prompt: str) -> float:
     """1.0 if ``completion`` solves ``prompt`` of ``task``, else 0.0 (``support``: the gold
-    score in [0, 1])."""
-    return get(task).verify(completion, answer, prompt)
+    score in [0, 1]). A leading reasoning block is not part of the answer."""
+    return get(task).verify(final_answer(completion), answer, prompt)
 
 
 def prompt_splits(data_cfg) -> tuple[list[PromptRow], list[PromptRow]]:

@@ -102,8 +102,10 @@ def test_template_that_is_not_prefix_stable(tokenizer):
         {"role": "assistant", "content": "8"},
     ]
     ids, mask = encode_conversation(tokenizer, messages)
-    # The first reply is rendered without its reasoning; both replies are found and masked.
-    assert _masked_text(tokenizer, ids, mask) == ["5<|im_end|>", "8<|im_end|>"]
+    # The first reply is rendered without its reasoning; both replies are found and masked. The
+    # last turn's reply starts right after the generation prompt: the empty reasoning block the
+    # template writes there is what the model generates after that prompt, so it is learned too.
+    assert _masked_text(tokenizer, ids, mask) == ["5<|im_end|>", "<think>\n</think>\n8<|im_end|>"]
 
 
 def test_generation_blocks_are_used_when_present(tokenizer):
