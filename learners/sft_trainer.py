@@ -36,23 +36,33 @@ def collate_examples(examples: list[Example], pad_id: int):
     return input_ids, attention, loss_mask
 
 
-def token_nll(model, examples: list[Example], pad_id: int, device):
+def token_nll(model, examples: list[Example], pad_id: int, device, chunk: int = 0):
     """Summed negative log-likelihood of the assistant tokens, their count, and how many of them
-    the model's argmax predicts (tensors, for all-reduce)."""
+    the model's argmax predicts (tensors, for all-reduce). ``chunk > 0``: the head runs that many
+    tokens at a time (:mod:`learners.head`), never on the whole batch's logits."""
     import torch
 
+    from learners.head import argmax_hits, chunking_unsupported, final_hidden, token_logprobs
     from learners.losses import logprobs_from_logits
 
     input_ids, attention, loss_mask = (t.to(device) for t in collate_examples(examples, pad_id))
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
     targets, mask = input_ids[:, 1:], loss_mask[:, 1:]
-    logprobs = logprobs_from_logits(logits, targets)
+    if chunk > 0 and chunking_unsupported(model) is None:
+        hidden, _ = final_hidden(model, input_ids=input_ids, attention_mask=attention)
+        hidden = hidden[:, :-1]
+        logprobs, _ = token_logprobs(model, hidden, targets, chunk)
+        predicted = argmax_hits(model, hidden, targets, chunk)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        logprobs = logprobs_from_logits(logits, targets)
+        predicted = (logits.argmax(-1) == targets).float()
     nll = -torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs)).sum()
-    hits = ((logits.argmax(-1) == targets).float() * mask).sum()
+    hits = (predicted * mask).sum()
     return nll, mask.sum(), hits
 
 
-def evaluate(model, examples: list[Example], pad_id: int, device, rank: int, world: int, batch: int) -> dict:
+def evaluate(model, examples: list[Example], pad_id: int, device, rank: int, world: int, batch: int,
+             logits_chunk: int = 0) -> dict:
     """Held-out per-token loss and next-token accuracy on assistant tokens (all ranks)."""
     import torch
     import torch.distributed as dist
@@ -64,7 +74,7 @@ def evaluate(model, examples: list[Example], pad_id: int, device, rank: int, wor
     with torch.no_grad():
         for r in range(rounds):
             chunk = mine[r * batch : (r + 1) * batch] or examples[:1]
-            nll, count, hits = token_nll(model, chunk, pad_id, device)
+            nll, count, hits = token_nll(model, chunk, pad_id, device, logits_chunk)
             if mine[r * batch : (r + 1) * batch]:
                 totals += torch.stack([nll, count, hits]).cpu()
     dist.all_reduce(totals)
@@ -97,7 +107,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics: dict[str, float] = {}
     for step in range(1, sc.steps + 1):
         mine = [examples[i] for i in order.next_share(rank, world)]
-        nll, count, _ = token_nll(model, mine, pad_id, device)
+        nll, count, _ = token_nll(model, mine, pad_id, device, sc.logits_chunk_tokens)
         total = count.detach().clone()
         dist.all_reduce(total)
         # FSDP2 averages gradients over ranks: scaling by world makes this the token mean over
@@ -115,7 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "sft/lr": scheduler.get_last_lr()[0],
         }
         if eval_examples and (step == sc.steps or (sc.eval_every and step % sc.eval_every == 0)):
-            metrics.update(evaluate(model, eval_examples, pad_id, device, rank, world, per_rank))
+            metrics.update(evaluate(model, eval_examples, pad_id, device, rank, world, per_rank, sc.logits_chunk_tokens))
         log.log(step, metrics)
         log.advance()
         if step % 20 == 0 or step == sc.steps:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from learners import checkpoint, losses
 from learners.batching import MicroBatch, Samples, at_positions, collate, pack_by_tokens, unpad
+from learners.head import chunking_unsupported, final_hidden, token_logprobs
 from learners.models import load_critic, load_policy, resolve_dtype, shard
 from pipeline.config import RayppoConfig
 from pipeline.infra import fault_injection, weight_transport
@@ -166,7 +167,33 @@ class LearnerWorker:
         width = mb.response_ids.shape[1]
         return torch.cat([head[:, None], rest[:, : width - 1]], dim=1).float()
 
+    def _hidden(self, model, mb: MicroBatch) -> torch.Tensor:
+        """Final hidden states predicting each response token, ``[b, R, H]`` (the layouts of
+        :meth:`_logits`, with the head left to :func:`learners.head.token_logprobs`)."""
+        if mb.shared is None:
+            hidden, _ = final_hidden(model, input_ids=mb.input_ids, attention_mask=mb.attention_mask)
+            return at_positions(hidden, mb.positions)
+        s = mb.shared
+        prompt_hidden, first = final_hidden(model, input_ids=s.prompt_ids, attention_mask=s.prompt_mask, use_cache=True)
+        cache = first.past_key_values
+        cache.reorder_cache(s.owner)
+        rows = torch.arange(prompt_hidden.shape[0], device=prompt_hidden.device)
+        head = prompt_hidden[rows, s.prompt_last][s.owner]
+        rest, _ = final_hidden(
+            model,
+            input_ids=s.response_inputs,
+            attention_mask=s.attention_mask,
+            position_ids=s.position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        width = mb.response_ids.shape[1]
+        return torch.cat([head[:, None], rest[:, : width - 1]], dim=1)
+
     def _response_logprobs(self, model, mb: MicroBatch, with_entropy: bool = False):
+        chunk = self.cfg.learner.logits_chunk_tokens
+        if chunk > 0 and chunking_unsupported(model) is None:
+            return token_logprobs(model, self._hidden(model, mb), mb.response_ids, chunk, self.temperature, with_entropy)
         logits = self._logits(model, mb) / self.temperature
         logprobs = losses.logprobs_from_logits(logits, mb.response_ids)
         entropy = losses.entropy_from_logits(logits) if with_entropy else None

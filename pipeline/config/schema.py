@@ -172,6 +172,12 @@ class LearnerConfig:
     group share their prompt, so this saves ``(n_samples - 1) / n_samples`` of the prompt
     tokens' compute; the maths is the same up to float rounding. Off: every sample's prompt is
     computed again (one pass per micro-batch instead of two)."""
+    logits_chunk_tokens: int = 256
+    """Tokens whose logits exist at once when log-probabilities and entropy are computed: the
+    model's head is applied to the final hidden states this many tokens at a time, each chunk
+    recomputed in the backward pass, so peak memory does not grow with the vocabulary (float32
+    logits of 8,192 tokens at Qwen3's vocabulary are 5 GB). 0: the whole micro-batch's logits
+    at once. Heads other than a plain linear layer (plus softcap) always use full logits."""
     fsdp_single_rank: bool = True
     """Wrap the models with FSDP2 even when the group has one rank on CPU. Off: plain modules,
     the same maths without FSDP2's per-layer all-gather/reduce-scatter copies (on W1-cpu the

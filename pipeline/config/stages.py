@@ -70,6 +70,9 @@ class SFTConfig:
     """Report the held-out loss every this many steps (0: only at the end)."""
     log_dir: Optional[str] = None
     """Directory of the stage's ``metrics.jsonl`` (and W&B run); ``None``: no metrics file."""
+    logits_chunk_tokens: int = 256
+    """Tokens whose logits exist at once in the loss (``learner.logits_chunk_tokens``); 0: the
+    whole batch's logits at once."""
     adam_beta2: float = 0.999
     """AdamW's second-moment decay. 0.95 adapts faster to the sudden loss drops of small models
     learning to copy (the support task's SFT uses it)."""
