@@ -14,7 +14,7 @@ and its gradient reaches the same reduce-scatter.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -55,22 +55,34 @@ def final_hidden(model, **inputs):
 
 
 def _chunk_stats(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tensor, temperature: float,
-                 softcap: Optional[float], entropy: bool) -> Tensor:
+                 softcap: Optional[float], entropy: bool, hits: bool) -> Tensor:
     logits = torch.nn.functional.linear(hidden, weight, bias).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
-    out = [logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1) - lse]
+    labels = labels.long()
+    out = [logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse]
     if entropy:
         out.append(lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1))
+    if hits:
+        out.append((logits.detach().argmax(-1) == labels).float())
     return torch.stack(out, dim=-1)
 
 
+class HeadStats(NamedTuple):
+    logprobs: Tensor
+    """Log-probabilities of the labels (float32)."""
+    entropy: Optional[Tensor]
+    """Entropy of each position's distribution, when asked."""
+    hits: Optional[Tensor]
+    """1.0 where the most likely token is the label (no gradient), when asked."""
+
+
 def token_logprobs(model, hidden: Tensor, labels: Tensor, chunk: int, temperature: float = 1.0,
-                   entropy: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-    """Log-probabilities ``[..]`` (float32) of ``labels [..]`` given the final hidden states
-    ``hidden [.., H]`` at the same positions, and their entropy when asked, ``chunk`` tokens at a
+                   entropy: bool = False, hits: bool = False) -> HeadStats:
+    """Log-probabilities ``[..]`` of ``labels [..]`` given the final hidden states ``hidden [.., H]``
+    at the same positions, and their entropy and argmax hits when asked, ``chunk`` tokens at a
     time through ``model``'s output head (after its softcap, if any, then ``temperature``)."""
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -80,25 +92,13 @@ def token_logprobs(model, hidden: Tensor, labels: Tensor, chunk: int, temperatur
     parts = []
     for start in range(0, flat_h.shape[0], chunk):
         args = (flat_h[start : start + chunk], head.weight, head.bias, flat_y[start : start + chunk],
-                temperature, softcap, entropy)
+                temperature, softcap, entropy, hits)
         # Checkpointed: the chunk's logits are recomputed in the backward instead of kept.
         parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if track else _chunk_stats(*args))
-    if parts:
-        stats = torch.cat(parts)
-    else:
-        stats = flat_h.new_zeros((0, 2 if entropy else 1), dtype=torch.float32)
-    logprobs = stats[:, 0].reshape(labels.shape)
-    return logprobs, stats[:, 1].reshape(labels.shape) if entropy else None
-
-
-def argmax_hits(model, hidden: Tensor, labels: Tensor, chunk: int) -> Tensor:
-    """``[..]`` 1.0 where the head's most likely token is the label (no gradient)."""
-    head = model.get_output_embeddings()
-    flat_h = hidden.reshape(-1, hidden.shape[-1]).detach()
-    flat_y = labels.reshape(-1)
-    with torch.no_grad():
-        hits = [
-            (torch.nn.functional.linear(flat_h[s : s + chunk], head.weight, head.bias).argmax(-1) == flat_y[s : s + chunk]).float()
-            for s in range(0, flat_h.shape[0], chunk)
-        ]
-    return (torch.cat(hits) if hits else flat_h.new_zeros(0)).reshape(labels.shape)
+    width = 1 + entropy + hits
+    stats = torch.cat(parts) if parts else flat_h.new_zeros((0, width), dtype=torch.float32)
+    columns = iter(stats.unbind(-1))
+    logprobs = next(columns).reshape(labels.shape)
+    ent = next(columns).reshape(labels.shape) if entropy else None
+    hit = next(columns).detach().reshape(labels.shape) if hits else None
+    return HeadStats(logprobs, ent, hit)

@@ -42,16 +42,15 @@ def token_nll(model, examples: list[Example], pad_id: int, device, chunk: int = 
     tokens at a time (:mod:`learners.head`), never on the whole batch's logits."""
     import torch
 
-    from learners.head import argmax_hits, chunking_unsupported, final_hidden, token_logprobs
+    from learners.head import chunking_unsupported, final_hidden, token_logprobs
     from learners.losses import logprobs_from_logits
 
     input_ids, attention, loss_mask = (t.to(device) for t in collate_examples(examples, pad_id))
     targets, mask = input_ids[:, 1:], loss_mask[:, 1:]
     if chunk > 0 and chunking_unsupported(model) is None:
         hidden, _ = final_hidden(model, input_ids=input_ids, attention_mask=attention)
-        hidden = hidden[:, :-1]
-        logprobs, _ = token_logprobs(model, hidden, targets, chunk)
-        predicted = argmax_hits(model, hidden, targets, chunk)
+        stats = token_logprobs(model, hidden[:, :-1], targets, chunk, hits=True)
+        logprobs, predicted = stats.logprobs, stats.hits
     else:
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
         logprobs = logprobs_from_logits(logits, targets)

@@ -193,7 +193,8 @@ class LearnerWorker:
     def _response_logprobs(self, model, mb: MicroBatch, with_entropy: bool = False):
         chunk = self.cfg.learner.logits_chunk_tokens
         if chunk > 0 and chunking_unsupported(model) is None:
-            return token_logprobs(model, self._hidden(model, mb), mb.response_ids, chunk, self.temperature, with_entropy)
+            stats = token_logprobs(model, self._hidden(model, mb), mb.response_ids, chunk, self.temperature, with_entropy)
+            return stats.logprobs, stats.entropy
         logits = self._logits(model, mb) / self.temperature
         logprobs = losses.logprobs_from_logits(logits, mb.response_ids)
         entropy = losses.entropy_from_logits(logits) if with_entropy else None

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 from pipeline.data.messages import clean_messages
 from pipeline.data.rows import read_records
-from pipeline.data.templates import generation_prompt
+from pipeline.data.templates import generation_prompt, render
 
 # End-of-turn markers of common chat templates; a turn's mask ends after the first one that
 # follows its content (the tokenizer's own eos token is always tried first).
@@ -102,7 +102,7 @@ def load_conversations(
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return render(tokenizer, messages, add_generation_prompt, _model_name(tokenizer))
 
 
 def _model_name(tokenizer) -> str:

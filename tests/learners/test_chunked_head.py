@@ -72,7 +72,7 @@ def test_softcapped_head_and_temperature_match_the_model_logits():
     ids = torch.randint(0, 300, (2, 9))
     logits = model(input_ids=ids).logits[:, :-1].float() / 0.7
     hidden, _ = final_hidden(model, input_ids=ids)
-    lp, ent = token_logprobs(model, hidden[:, :-1], ids[:, 1:], chunk=5, temperature=0.7, entropy=True)
+    lp, ent, _ = token_logprobs(model, hidden[:, :-1], ids[:, 1:], chunk=5, temperature=0.7, entropy=True)
     torch.testing.assert_close(lp, logprobs_from_logits(logits, ids[:, 1:]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, entropy_from_logits(logits), atol=1e-5, rtol=1e-5)
 
